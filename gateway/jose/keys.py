@@ -10,7 +10,7 @@ from typing import Any, cast
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 from jwt.exceptions import InvalidKeyError
 
@@ -72,6 +72,8 @@ def describe_key(key: object) -> str:
         return f"EC {_CURVE_NAMES.get(key.curve.name, key.curve.name)} key"
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
         return "Ed25519 key"
+    if isinstance(key, ed448.Ed448PublicKey | ed448.Ed448PrivateKey):
+        return "Ed448 key"
     return type(key).__name__
 
 
@@ -86,9 +88,7 @@ def binding_problem(alg: str, key: object) -> str | None:
             return f"RSA key is {key.key_size} bits, at least {MIN_RSA_BITS} required"
     elif alg == "ES256":
         # RFC 7518 §3.4: ES256 is ECDSA on P-256 only.
-        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-            key.curve, ec.SECP256R1
-        ):
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             return f"ES256 needs an EC P-256 key, got {describe_key(key)}"
     elif not isinstance(key, ed25519.Ed25519PublicKey):
         # RFC 8037 §3.1 also allows Ed448; the gateway accepts Ed25519 only.
@@ -145,7 +145,7 @@ def _infer_alg(key: object, default_alg: str | None) -> str:
     # RFC 8725 §3.1: without an explicit alg, bind by key type; RSA is ambiguous.
     if isinstance(key, ec.EllipticCurvePublicKey):
         return "ES256"
-    if isinstance(key, ed25519.Ed25519PublicKey):
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return "EdDSA"
     if isinstance(key, rsa.RSAPublicKey):
         if default_alg in RSA_ALGORITHMS:
@@ -154,9 +154,7 @@ def _infer_alg(key: object, default_alg: str | None) -> str:
     raise KeyLoadError(f"unsupported {describe_key(key)}")
 
 
-def _bind(
-    key: object, alg: str | None, kid: str | None, default_alg: str | None
-) -> VerificationKey:
+def _bind(key: object, alg: str | None, kid: str | None, default_alg: str | None) -> VerificationKey:
     bound_alg = alg if alg is not None else _infer_alg(key, default_alg)
     problem = binding_problem(bound_alg, key)
     if problem is not None:
@@ -194,9 +192,7 @@ def _not_for_signatures(jwk: Mapping[str, Any]) -> bool:
     return key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops)
 
 
-def keys_from_jwks(
-    jwks: Mapping[str, Any], *, source: str, default_alg: str | None = None
-) -> list[VerificationKey]:
+def keys_from_jwks(jwks: Mapping[str, Any], *, source: str, default_alg: str | None = None) -> list[VerificationKey]:
     """Parse a public JWK Set (RFC 7517 §5) into verification keys; KeyLoadError if unusable."""
     if default_alg is not None and default_alg not in ALGORITHMS:
         raise KeyLoadError(f"{source}: default alg {default_alg!r} is not allowed")
@@ -240,14 +236,10 @@ def key_from_pem(pem: bytes, *, alg: str | None, kid: str | None, source: str) -
             key = x509.load_pem_x509_certificate(pem).public_key()
         except (ValueError, UnsupportedAlgorithm):
             if b"PRIVATE KEY" in pem:
-                raise KeyLoadError(
-                    f"{source}: holds a private key; give the public key or certificate"
-                ) from None
+                raise KeyLoadError(f"{source}: holds a private key; give the public key or certificate") from None
             raise KeyLoadError(f"{source}: not a PEM public key or certificate") from None
     if alg is not None and alg not in ALGORITHMS:
-        raise KeyLoadError(
-            f"{source}: alg {alg!r} is not allowed (allowed: {', '.join(sorted(ALGORITHMS))})"
-        )
+        raise KeyLoadError(f"{source}: alg {alg!r} is not allowed (allowed: {', '.join(sorted(ALGORITHMS))})")
     try:
         return _bind(key, alg, kid, None)
     except KeyLoadError as exc:

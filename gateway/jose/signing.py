@@ -96,9 +96,7 @@ class SigningKey:
 def load_signing_key(pem: bytes, *, alg: str, kid: str, source: str) -> SigningKey:
     """Load an unencrypted PEM private key for `alg`; KeyLoadError naming `source` otherwise."""
     if alg not in ALGORITHMS:
-        raise KeyLoadError(
-            f"{source}: alg {alg!r} is not allowed (allowed: {', '.join(sorted(ALGORITHMS))})"
-        )
+        raise KeyLoadError(f"{source}: alg {alg!r} is not allowed (allowed: {', '.join(sorted(ALGORITHMS))})")
     if not kid:
         raise KeyLoadError(f"{source}: a signing key needs a non-empty kid")
     try:
