@@ -1,0 +1,203 @@
+"""Command line: run, check-config, keygen, assertion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from gateway import __version__
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+ALGORITHM_CHOICES = ("ES256", "RS256", "PS256", "EdDSA")
+
+
+def effective_config(config: GatewayConfig) -> str:
+    """The validated config with every default filled in and secrets masked, as YAML."""
+    data = config.model_dump(mode="json", by_alias=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # The audit log is already one JSON object per line: print it as is.
+    audit = logging.getLogger("bearer_gateway.audit")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit.addHandler(handler)
+    audit.propagate = False
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.runtime import Runtime
+
+    try:
+        config = load_config(args.config)
+        Runtime(config, str(args.config))  # parses every key file too
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(effective_config(config), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.server.app import serve
+
+    try:
+        config = load_config(args.config)
+        if args.workers is not None and args.workers != config.workers:
+            config = type(config).model_validate({**config.model_dump(by_alias=True), "workers": args.workers})
+            from gateway.config.consistency import check_consistency
+
+            problems = check_consistency(config)
+            if problems:
+                raise ConfigError(str(args.config), problems)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    _configure_logging(config.logging.level)
+    if config.workers > 1:
+        return _run_workers(args.config, config)
+    try:
+        import uvloop
+
+        uvloop.run(serve(config, str(args.config)))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _worker(source: str, index: int) -> None:
+    from gateway.server.app import serve
+
+    config = load_config(source)
+    _configure_logging(config.logging.level)
+    import uvloop
+
+    # Every worker binds the same port with SO_REUSEPORT; only the first serves the admin listener.
+    uvloop.run(serve(config, source, reuse_port=True, admin=index == 0))
+
+
+def _run_workers(source: str, config: GatewayConfig) -> int:
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker, args=(str(source), i), daemon=False) for i in range(config.workers)]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None:
+                os.kill(process.pid, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for process in processes:
+        process.join()
+    return max((p.exitcode or 0) for p in processes)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from gateway.jose.signing import generate_private_key_pem, load_signing_key
+
+    pem = generate_private_key_pem(args.alg)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"{out} exists; use --force to overwrite", file=sys.stderr)
+        return 1
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    key = load_signing_key(pem, alg=args.alg, kid=args.kid, source=str(out))
+    print(json.dumps({"keys": [key.public_jwk()]}, indent=2))
+    print(
+        f"private key written to {out} (mode 600); add to gateway.keys: "
+        f"{{kid: {args.kid}, alg: {args.alg}, private_key_file: {out}}}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _infer_alg(pem: bytes) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    key = serialization.load_pem_private_key(pem, password=None)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ES256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    return "RS256"
+
+
+def cmd_assertion(args: argparse.Namespace) -> int:
+    from gateway.jose.keys import KeyLoadError
+    from gateway.jose.signing import load_signing_key, mint_assertion
+
+    pem = Path(args.client_key).read_bytes()
+    try:
+        alg = args.alg or _infer_alg(pem)
+        key = load_signing_key(pem, alg=alg, kid=args.kid or args.iss, source=args.client_key)
+    except (KeyLoadError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        mint_assertion(key, iss=args.iss, sub=args.sub, aud=args.aud, scope=args.scope or None, lifetime=args.lifetime)
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bearer-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bearer-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve the gateway")
+    run.add_argument("-c", "--config", required=True)
+    run.add_argument("--workers", type=int, default=None, help="processes sharing the port (overrides workers)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate and print the effective config, secrets masked")
+    check.add_argument("-c", "--config", required=True)
+    check.set_defaults(func=cmd_check_config)
+
+    keygen = sub.add_parser("keygen", help="write a gateway signing key and print its public JWKS")
+    keygen.add_argument("--alg", choices=ALGORITHM_CHOICES, default="ES256")
+    keygen.add_argument("--kid", required=True)
+    keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
+    keygen.add_argument("--force", action="store_true")
+    keygen.set_defaults(func=cmd_keygen)
+
+    assertion = sub.add_parser("assertion", help="mint a CAMARA JWT-bearer test assertion")
+    assertion.add_argument("--client-key", required=True, help="the client's private key (PEM)")
+    assertion.add_argument("--iss", required=True, help="the client_id")
+    assertion.add_argument("--sub", required=True, help="tel:+<E.164> or operatortoken:<opaque>")
+    assertion.add_argument("--aud", required=True, help="the gateway's token URL")
+    assertion.add_argument("--scope", default="dpv:FraudPreventionAndDetection sim-swap:check")
+    assertion.add_argument("--alg", choices=ALGORITHM_CHOICES)
+    assertion.add_argument("--kid")
+    assertion.add_argument("--lifetime", type=int, default=300)
+    assertion.set_defaults(func=cmd_assertion)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

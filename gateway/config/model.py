@@ -1,0 +1,257 @@
+"""The YAML contract as frozen, typed objects; validated once at load (design: Configuration contract)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from gateway.config.types import Duration, RateValue, SecretRef
+
+# The only algorithms the gateway can verify or sign: asymmetric, never `none`, never HS* (RFC 8725 §3.1-3.2).
+Algorithm = Literal["RS256", "PS256", "ES256", "EdDSA"]
+SubjectFormat = Literal["tel", "operatortoken"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class TLSFiles(Section):
+    cert_file: Path
+    key_file: Path
+
+
+class Listen(Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    tls: TLSFiles | None = None
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+
+
+class Admin(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9100, ge=0, le=65535)
+
+
+class Passthrough(Section):
+    other_grants: Literal["forward", "deny"] = "forward"
+    other_paths: Literal["forward", "deny"] = "deny"
+
+
+class UpstreamTimeouts(Section):
+    connect: Duration = 1.0
+    total: Duration = 5.0
+
+
+class UpstreamTLS(Section):
+    ca_file: Path | None = None
+    verify: bool = True
+
+
+class Upstream(Section):
+    token_url: AnyHttpUrl
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    max_connections: int = Field(100, ge=1)
+    max_in_flight: int = Field(200, ge=1)
+    tls: UpstreamTLS = UpstreamTLS()
+    retry_after: Duration = 5.0
+
+
+class Limits(Section):
+    max_body_bytes: int = Field(8192, ge=256, le=1_048_576)
+    max_assertion_bytes: int = Field(4096, ge=256)
+    max_form_params: int = Field(16, ge=2, le=256)
+    read_timeout: Duration = 5.0
+    max_header_bytes: int = Field(16384, ge=1024)
+    max_headers: int = Field(64, ge=8)
+    max_field_bytes: int = Field(8190, ge=256)
+    keepalive_timeout: Duration = 15.0
+    max_concurrent_requests: int = Field(1000, ge=1)
+    max_jwt_header_bytes: int = Field(1024, ge=64)
+    max_jwt_payload_bytes: int = Field(2048, ge=128)
+    max_kid_length: int = Field(128, ge=1, le=1024)
+    max_jti_length: int = Field(256, ge=8, le=4096)
+
+    @model_validator(mode="after")
+    def _assertion_fits_body(self) -> Limits:
+        if self.max_assertion_bytes >= self.max_body_bytes:
+            raise ValueError("max_assertion_bytes must be smaller than max_body_bytes")
+        return self
+
+
+class Profile(Section):
+    audiences: tuple[str, ...] = ()
+    max_lifetime: Duration = 300.0
+    clock_skew: Duration = 0.0
+    algorithms: tuple[Algorithm, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    required_claims: tuple[str, ...] = ("iss", "sub", "aud", "exp", "iat", "jti", "scope")
+    subject_formats: tuple[SubjectFormat, ...] = ("tel", "operatortoken")
+    forbid_scope_parameter: bool = True
+    drop_refresh_token: bool = True
+    errors: Literal["implicit-client-auth", "rfc7523"] = "implicit-client-auth"
+    incoming_client_auth: Literal["reject", "strip", "forward"] = "reject"
+
+    @field_validator("algorithms", "audiences")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("entries must be unique")
+        return value
+
+    @field_validator("required_claims")
+    @classmethod
+    def _jti_exp_required(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # RFC 7523 §3 items 1, 4 and the replay cache need these; they cannot be switched off.
+        missing = {"iss", "exp", "jti"} - set(value)
+        if missing:
+            raise ValueError(f"must include {sorted(missing)} (the replay cache and RFC 7523 §3 need them)")
+        return value
+
+
+class Bucket(Section):
+    rate: RateValue
+    burst: int = Field(ge=1)
+
+
+class RateLimits(Section):
+    per_ip: Bucket | None = Bucket(rate="50/s", burst=100)
+    per_issuer_unverified: Bucket | None = Bucket(rate="200/s", burst=400)
+    per_client: Bucket | None = Bucket(rate="20/s", burst=40)
+    global_: Bucket | None = Field(Bucket(rate="2000/s", burst=4000), alias="global")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RedisSettings(Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout: Duration = 0.05
+    on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    password: SecretRef | None = None
+
+
+class State(Section):
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings = RedisSettings()
+    max_replay_entries: int = Field(1_000_000, ge=1000)
+
+
+class GatewayKey(Section):
+    kid: str = Field(min_length=1, max_length=128)
+    alg: Algorithm
+    private_key_file: Path
+
+
+class GatewaySection(Section):
+    issuer: str = "http://127.0.0.1:8080"
+    keys: tuple[GatewayKey, ...] = ()
+    jwks_max_age: Duration = 300.0
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_kids(cls, value: tuple[GatewayKey, ...]) -> tuple[GatewayKey, ...]:
+        kids = [key.kid for key in value]
+        if len(set(kids)) != len(kids):
+            raise ValueError("gateway key kids must be unique")
+        return value
+
+
+class PemKey(Section):
+    file: Path
+    alg: Algorithm | None = None
+    kid: str | None = None
+
+
+class ClientKeys(Section):
+    """Exactly one source of the client's public keys."""
+
+    jwks: dict[str, Any] | None = None
+    jwks_file: Path | None = None
+    pem: tuple[PemKey, ...] | None = None
+    jwks_uri: AnyHttpUrl | None = None
+    ttl: Duration = 300.0
+    refresh_cooldown: Duration = 30.0
+    fetch_timeout: Duration = 2.0
+    max_bytes: int = Field(65536, ge=1024)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ClientKeys:
+        given = [name for name in ("jwks", "jwks_file", "pem", "jwks_uri") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of jwks, jwks_file, pem, jwks_uri; got {given or 'none'}")
+        return self
+
+
+class ClientAuth(Section):
+    method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "none"] = "none"
+    client_id: str | None = None
+    secret: SecretRef | None = None
+    private_key_file: Path | None = None  # private_key_jwt with a per-client key
+    use_gateway_key: bool = False  # private_key_jwt signed with the first gateway key
+    alg: Algorithm | None = None
+    kid: str | None = None
+    audience: str | None = None  # aud of the client assertion; default the AS token URL
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class ClientUpstream(Section):
+    mode: Literal["forward", "resign"] = "forward"
+    audience: str | None = None
+    lifetime: Duration = 60.0
+    copy_claims: tuple[str, ...] = ("scope",)
+    subject_map: dict[str, str] = {}
+    scope_parameter: bool = False
+    client_auth: ClientAuth = ClientAuth()
+
+
+class Client(Section):
+    client_id: str = Field(min_length=1, max_length=256)
+    enabled: bool = True
+    keys: ClientKeys
+    algorithms: tuple[Algorithm, ...] | None = None
+    grant_types: tuple[str, ...] = ("jwt-bearer",)
+    rate_limit: Bucket | None = None
+    upstream: ClientUpstream = ClientUpstream()
+
+
+class Logging(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    audit: bool = True
+
+
+class GatewayConfig(Section):
+    """The whole file; every section has a safe default except `upstream`."""
+
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    workers: int = Field(1, ge=1, le=64)
+    token_paths: tuple[Annotated[str, Field(pattern=r"^/[!-~]*$")], ...] = ("/oauth2/token",)
+    passthrough: Passthrough = Passthrough()
+    upstream: Upstream
+    limits: Limits = Limits()
+    profile: Profile = Profile()
+    rate_limits: RateLimits = RateLimits()
+    state: State = State()
+    gateway: GatewaySection = GatewaySection()
+    logging: Logging = Logging()
+    clients: tuple[Client, ...] = ()
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_clients(cls, value: tuple[Client, ...]) -> tuple[Client, ...]:
+        seen: set[str] = set()
+        for client in value:
+            if client.client_id in seen:
+                raise ValueError(f"client_id {client.client_id!r} appears twice")
+            seen.add(client.client_id)
+        return value

@@ -1,0 +1,116 @@
+"""Prometheus metrics; names start with bearer_gateway_, labels take only bounded values."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from gateway import __version__
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """All metrics of one process; created once (the registry refuses duplicates)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "bearer_gateway_requests_total",
+            "Token requests by outcome, reason code, client (configured ids or 'unknown') and grant kind.",
+            ["outcome", "reason", "client", "grant"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "bearer_gateway_request_duration_seconds",
+            "Time from request to answer, by outcome.",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage_duration = Histogram(
+            "bearer_gateway_stage_duration_seconds",
+            "Time spent in each check stage.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "bearer_gateway_upstream_duration_seconds",
+            "Time the authorization server took to answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_responses = Counter(
+            "bearer_gateway_upstream_responses_total",
+            "Authorization server answers by HTTP status class and status.",
+            ["status"],
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "bearer_gateway_upstream_errors_total",
+            "Requests that got no answer from the authorization server, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.in_flight = Gauge("bearer_gateway_in_flight_requests", "Requests being handled now.", registry=registry)
+        self.upstream_in_flight = Gauge(
+            "bearer_gateway_upstream_in_flight_requests",
+            "Requests waiting on the authorization server now.",
+            registry=registry,
+        )
+        self.rate_limit_decisions = Counter(
+            "bearer_gateway_rate_limit_decisions_total",
+            "Rate-limit decisions by limit and decision (allowed, limited).",
+            ["limit", "decision"],
+            registry=registry,
+        )
+        self.replay_hits = Counter(
+            "bearer_gateway_replay_hits_total",
+            "Assertions refused because their jti was already used.",
+            ["client"],
+            registry=registry,
+        )
+        self.jwks_fetches = Counter(
+            "bearer_gateway_jwks_fetches_total",
+            "Remote JWKS fetches by client and outcome (ok, error).",
+            ["client", "outcome"],
+            registry=registry,
+        )
+        self.state_errors = Counter(
+            "bearer_gateway_state_errors_total",
+            "Shared-state (Redis) errors by operation and the decision taken.",
+            ["operation", "decision"],
+            registry=registry,
+        )
+        self.state_duration = Histogram(
+            "bearer_gateway_state_duration_seconds",
+            "Shared-state round-trip time by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "bearer_gateway_config_reloads_total",
+            "Configuration reloads by outcome (ok, refused).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.misconfigurations = Counter(
+            "bearer_gateway_upstream_credential_rejections_total",
+            "Authorization server refusals of credentials the gateway injected (a misconfiguration).",
+            ["client"],
+            registry=registry,
+        )
+        self.build = Info("bearer_gateway_build", "Version of the running gateway.", registry=registry)
+        self.build.info({"version": __version__})
+
+
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """The process-wide metrics object."""
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics

@@ -1,0 +1,224 @@
+"""Objects built once from a validated config: clients with parsed keys, state, upstream, pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.checks.context import Check
+from gateway.checks.pipeline import build_pipeline
+from gateway.config.load import ConfigError
+from gateway.config.model import Client, GatewayConfig
+from gateway.jose.jwks_remote import RemoteJWKS, RemoteJWKSSettings
+from gateway.jose.keys import (
+    RSA_ALGORITHMS,
+    KeyLoadError,
+    KeySet,
+    VerificationKey,
+    key_from_pem,
+    keys_from_jwks,
+)
+from gateway.jose.signing import SigningKey, load_signing_key
+from gateway.metrics import metrics
+from gateway.state import MemoryState, StateBackend
+from gateway.upstream.builder import UpstreamRequestBuilder
+from gateway.upstream.client_auth import InjectedAuth
+from gateway.upstream.forward import UpstreamClient
+
+log = logging.getLogger("bearer_gateway")
+
+
+class ClientRuntime:
+    """A configured client, ready for the hot path: keys parsed, upstream request builder prepared."""
+
+    def __init__(
+        self,
+        config: Client,
+        algorithms: frozenset[str],
+        keys: KeySet | None,
+        remote: RemoteJWKS | None,
+        builder: UpstreamRequestBuilder,
+        upstream: UpstreamClient,
+    ) -> None:
+        self.config = config
+        self.client_id = config.client_id
+        self.enabled = config.enabled
+        self.algorithms = algorithms
+        self.jwt_bearer_allowed = "jwt-bearer" in config.grant_types
+        self.keys = keys
+        self.remote = remote
+        self.builder = builder
+        self.upstream = upstream
+        self.injects_credentials = config.upstream.client_auth.method != "none"
+
+    async def select_key(self, kid: str | None) -> VerificationKey | None:
+        if self.keys is not None:
+            return self.keys.select(kid)
+        assert self.remote is not None
+        return await self.remote.select(kid)
+
+
+def _read(path: Path, source: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, [("", f"cannot read {path}: {exc.strerror}")]) from None
+
+
+def _default_rsa_alg(algorithms: frozenset[str]) -> str | None:
+    rsa = sorted(algorithms & RSA_ALGORITHMS)
+    return rsa[0] if len(rsa) == 1 else None
+
+
+def load_client_keys(client: Client, at: str, algorithms: frozenset[str], source: str) -> KeySet | RemoteJWKSSettings:
+    """Parse a client's static keys once, or describe its remote JWKS; errors name the key path."""
+    keys = client.keys
+    default_alg = _default_rsa_alg(algorithms)
+    try:
+        if keys.jwks is not None:
+            return KeySet(keys_from_jwks(keys.jwks, source=f"{at}.keys.jwks", default_alg=default_alg))
+        if keys.jwks_file is not None:
+            try:
+                document = json.loads(_read(keys.jwks_file, source))
+            except ValueError:
+                raise ConfigError(source, [(f"{at}.keys.jwks_file", f"{keys.jwks_file} is not JSON")]) from None
+            return KeySet(
+                keys_from_jwks(document, source=f"{at}.keys.jwks_file {keys.jwks_file}", default_alg=default_alg)
+            )
+        if keys.pem is not None:
+            return KeySet(
+                key_from_pem(_read(p.file, source), alg=p.alg or default_alg, kid=p.kid, source=f"{at}.keys.pem[{i}]")
+                for i, p in enumerate(keys.pem)
+            )
+    except KeyLoadError as exc:
+        raise ConfigError(source, [(f"{at}.keys", str(exc))]) from None
+    assert keys.jwks_uri is not None
+    return RemoteJWKSSettings(
+        uri=str(keys.jwks_uri),
+        timeout=keys.fetch_timeout,
+        max_bytes=keys.max_bytes,
+        ttl=keys.ttl,
+        refresh_cooldown=keys.refresh_cooldown,
+        default_alg=default_alg,
+    )
+
+
+def load_gateway_keys(config: GatewayConfig, source: str) -> list[SigningKey]:
+    out = []
+    for i, key in enumerate(config.gateway.keys):
+        try:
+            out.append(
+                load_signing_key(
+                    _read(key.private_key_file, source),
+                    alg=key.alg,
+                    kid=key.kid,
+                    source=f"gateway.keys[{i}]",
+                )
+            )
+        except KeyLoadError as exc:
+            raise ConfigError(source, [(f"gateway.keys[{i}]", str(exc))]) from None
+    return out
+
+
+class Runtime:
+    """Everything the request path reads; replaced whole on a config reload."""
+
+    def __init__(self, config: GatewayConfig, source: str, *, state: StateBackend | None = None) -> None:
+        self.config = config
+        self.source = source
+        self.gateway_keys = load_gateway_keys(config, source)
+        self.upstream = UpstreamClient(config.upstream)
+        self._upstreams: dict[tuple[str, str], UpstreamClient] = {}
+        # A reload hands over the running state: the replay set must outlive a config change.
+        self.state: StateBackend = state if state is not None else MemoryState(config.state.max_replay_entries)
+        self.clients: dict[str, ClientRuntime] = {}
+        self._remote: list[tuple[str, RemoteJWKS]] = []
+        token_url = str(config.upstream.token_url)
+        signer = self.gateway_keys[0] if self.gateway_keys else None
+        profile_algs = frozenset(config.profile.algorithms)
+        for i, client in enumerate(config.clients):
+            at = f"clients[{i}]"
+            algorithms = frozenset(client.algorithms) if client.algorithms is not None else profile_algs
+            loaded = load_client_keys(client, at, algorithms, source)
+            keys, remote = (
+                (loaded, None) if isinstance(loaded, KeySet) else (None, self._remote_jwks(client, loaded, at))
+            )
+            auth = client.upstream.client_auth
+            auth_key = self._client_auth_key(client, at, signer, source)
+            injected = InjectedAuth(auth, client.client_id, token_url, auth_key)
+            builder = UpstreamRequestBuilder(client.upstream, injected, config.gateway.issuer, signer)
+            upstream = self.upstream
+            if auth.method == "tls_client_auth":
+                assert auth.cert_file is not None and auth.key_file is not None
+                upstream = self._upstream_for_cert(str(auth.cert_file), str(auth.key_file), source, at)
+            self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
+        self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.state)
+        self.jwks_document = json.dumps(
+            {"keys": [key.public_jwk() for key in self.gateway_keys]}, separators=(",", ":")
+        ).encode()
+
+    def _remote_jwks(self, client: Client, settings: RemoteJWKSSettings, at: str) -> RemoteJWKS:
+        counter = metrics().jwks_fetches
+        client_id = client.client_id
+        remote = RemoteJWKS(
+            settings, source=f"{at}.keys.jwks_uri", on_fetch=lambda outcome: counter.labels(client_id, outcome).inc()
+        )
+        self._remote.append((client_id, remote))
+        return remote
+
+    def _client_auth_key(self, client: Client, at: str, signer: SigningKey | None, source: str) -> SigningKey | None:
+        auth = client.upstream.client_auth
+        if auth.method != "private_key_jwt":
+            return None
+        if auth.use_gateway_key:
+            return signer
+        assert auth.private_key_file is not None and auth.alg is not None
+        try:
+            return load_signing_key(
+                _read(auth.private_key_file, source),
+                alg=auth.alg,
+                kid=auth.kid or client.client_id,
+                source=f"{at}.upstream.client_auth.private_key_file",
+            )
+        except KeyLoadError as exc:
+            raise ConfigError(source, [(f"{at}.upstream.client_auth.private_key_file", str(exc))]) from None
+
+    def _upstream_for_cert(self, cert: str, key: str, source: str, at: str) -> UpstreamClient:
+        # One pooled session per client certificate: a TLS connection is bound to the certificate it presented.
+        if (cert, key) not in self._upstreams:
+            import ssl
+
+            try:
+                ssl.create_default_context().load_cert_chain(cert, key)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    source, [(f"{at}.upstream.client_auth", f"cannot load certificate/key: {exc}")]
+                ) from None
+            self._upstreams[(cert, key)] = UpstreamClient(self.config.upstream, cert_file=cert, key_file=key)
+        return self._upstreams[(cert, key)]
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        for upstream in self._upstreams.values():
+            await upstream.start()
+        self._jwks_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        for _, remote in self._remote:
+            await remote.start(self._jwks_session)
+
+    async def close(self, *, keep_state: bool = False) -> None:
+        for _, remote in self._remote:
+            await remote.close()
+        if getattr(self, "_jwks_session", None) is not None:
+            await self._jwks_session.close()
+        await self.upstream.close()
+        for upstream in self._upstreams.values():
+            await upstream.close()
+        if not keep_state:
+            await self.state.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"clients": len(self.clients), "gateway_keys": [k.kid for k in self.gateway_keys]}

@@ -1,0 +1,1 @@
+"""The listeners: the main token listener and the admin listener."""

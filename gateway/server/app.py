@@ -1,0 +1,207 @@
+"""Build and run the listeners; reload the configuration on SIGHUP without dropping the running one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import Reason, Rejection, error_response
+from gateway.metrics import metrics
+from gateway.runtime import Runtime
+from gateway.server.token import RUNTIME, TokenHandler, runtime_of
+
+log = logging.getLogger("bearer_gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Guard:
+    """Stage 0 beyond what the HTTP parser enforces: total header bytes and concurrent requests."""
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+        @web.middleware
+        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self.handle(request, handler)
+
+        return guard
+
+    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        runtime = runtime_of(request)
+        limits = runtime.config.limits
+        size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if size > limits.max_header_bytes:
+            response = error_response(Rejection(Reason.HEADERS_TOO_LARGE, "connection"), runtime.config.profile.errors)
+            response.force_close()
+            return response
+        if self.active >= limits.max_concurrent_requests:
+            return error_response(
+                Rejection(Reason.OVERLOADED, "connection", retry_after=1.0), runtime.config.profile.errors
+            )
+        self.active += 1
+        try:
+            return await handler(request)
+        finally:
+            self.active -= 1
+
+
+async def jwks(request: web.Request) -> web.Response:
+    """The gateway's public signing keys, for the AS to trust re-issued assertions."""
+    runtime = runtime_of(request)
+    max_age = int(runtime.config.gateway.jwks_max_age)
+    return web.Response(
+        body=runtime.jwks_document,
+        content_type="application/json",
+        headers={"Cache-Control": f"public, max-age={max_age}"},
+    )
+
+
+def build_main_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[Guard().middleware()], client_max_size=runtime.config.limits.max_body_bytes)
+    app[RUNTIME] = runtime
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_route("*", "/{tail:.*}", TokenHandler().__call__)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = runtime_of(request)
+    checks = {"config": True, "upstream": await runtime.upstream.reachable(), "state": await runtime.state.ping()}
+    ready = all(checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(metrics().registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_admin_app(runtime: Runtime) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus_metrics)
+    return app
+
+
+def runner_options(config: GatewayConfig) -> dict[str, object]:
+    """Stage 0 limits enforced by aiohttp's HTTP parser and protocol."""
+    limits = config.limits
+    return {
+        "max_line_size": limits.max_field_bytes,
+        "max_field_size": limits.max_field_bytes,
+        "max_headers": limits.max_headers,
+        "keepalive_timeout": limits.keepalive_timeout,
+        "access_log": None,
+        "handler_cancellation": True,
+    }
+
+
+class Gateway:
+    """The running gateway: its listeners, its runtime, and config reload."""
+
+    def __init__(self, config: GatewayConfig, source: str, *, reuse_port: bool = False) -> None:
+        self.source = source
+        self.runtime = Runtime(config, source)
+        self.reuse_port = reuse_port
+        self.main_app = build_main_app(self.runtime)
+        self.admin_app = build_admin_app(self.runtime)
+        self._runners: list[web.AppRunner] = []
+        self.main_port = 0
+        self.admin_port = 0
+
+    async def start(self, *, admin: bool = True) -> None:
+        config = self.runtime.config
+        await self.runtime.start()
+        options = runner_options(config)
+        main = web.AppRunner(self.main_app, **options)  # type: ignore[arg-type]
+        await main.setup()
+        tls = None
+        if config.listen.tls:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(config.listen.tls.cert_file), str(config.listen.tls.key_file))
+        site = web.TCPSite(
+            main,
+            config.listen.host,
+            config.listen.port,
+            ssl_context=tls,
+            reuse_port=self.reuse_port or None,
+            backlog=1024,
+        )
+        await site.start()
+        self._runners.append(main)
+        self.main_port = main.addresses[0][1]
+        if admin:
+            runner = web.AppRunner(self.admin_app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, config.admin.host, config.admin.port).start()
+            self._runners.append(runner)
+            self.admin_port = runner.addresses[0][1]
+
+    async def reload(self) -> bool:
+        """Re-read the file; a bad file is refused and the running configuration stays."""
+        try:
+            config = load_config(self.source)
+            if (config.listen, config.admin, config.workers) != (
+                self.runtime.config.listen,
+                self.runtime.config.admin,
+                self.runtime.config.workers,
+            ):
+                raise ConfigError(
+                    self.source, [("listen", "listen, admin and workers cannot change on reload; restart")]
+                )
+            new = Runtime(config, self.source, state=self.runtime.state)
+            await new.start()
+        except ConfigError as exc:
+            metrics().config_reloads.labels("refused").inc()
+            log.error("configuration reload refused, keeping the running configuration:\n%s", exc)
+            return False
+        old = self.runtime
+        self.runtime = new
+        self.main_app[RUNTIME] = new
+        self.admin_app[RUNTIME] = new
+        metrics().config_reloads.labels("ok").inc()
+        log.info("configuration reloaded from %s", self.source)
+        # In-flight requests hold the old runtime; give them the upstream timeout before closing it.
+        asyncio.get_running_loop().call_later(
+            old.config.upstream.timeouts.total + 1, lambda: asyncio.ensure_future(old.close(keep_state=True))
+        )
+        return True
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        await self.runtime.close()
+
+
+async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False, admin: bool = True) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the configuration."""
+    gateway = Gateway(config, source, reuse_port=reuse_port)
+    await gateway.start(admin=admin)
+    log.info(
+        "listening on %s:%d (admin %s:%d)", config.listen.host, gateway.main_port, config.admin.host, gateway.admin_port
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()

@@ -1,0 +1,310 @@
+"""The token route: request-level stages 0-4, the jwt-bearer checks, and the way up and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from ipaddress import ip_address
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from yarl import URL
+
+from gateway.audit import write_audit
+from gateway.checks.context import RequestContext
+from gateway.errors import NO_STORE_HEADERS, Reason, Rejection, error_response
+from gateway.metrics import metrics
+from gateway.server.form import FormError, parse_form
+from gateway.upstream.builder import JWT_BEARER
+from gateway.upstream.forward import UpstreamAnswer, end_to_end_headers
+
+if TYPE_CHECKING:
+    from gateway.runtime import ClientRuntime, Runtime
+
+log = logging.getLogger("bearer_gateway")
+
+RUNTIME = web.AppKey("runtime", object)
+_FORM_TYPES = ("application/x-www-form-urlencoded",)
+# What an AS says when it refuses the client credentials the gateway injected (RFC 6749 §5.2;
+# Keycloak answers unauthorized_client for a wrong secret).
+_CREDENTIAL_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+
+
+class Outcome:
+    """What the audit line and the metrics say about one request."""
+
+    __slots__ = ("address", "client", "grant", "reason", "request_id", "stage", "status", "upstream_status")
+
+    def __init__(self) -> None:
+        self.request_id = "-"
+        self.address = "-"
+        self.client = "unknown"
+        self.grant = "none"
+        self.reason = "ok"
+        self.stage = "-"
+        self.status = 0
+        self.upstream_status: int | None = None
+
+
+def runtime_of(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]  # type: ignore[return-value]
+
+
+def client_address(request: web.Request, runtime: Runtime) -> str:
+    """The caller's address; X-Forwarded-For is honoured only from a trusted proxy."""
+    peer = request.remote or "-"
+    trusted = runtime.config.listen.trusted_proxies
+    if not trusted or peer == "-":
+        return peer
+    try:
+        chain = [ip_address(peer)]
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        # Walk from the nearest hop outwards; the first untrusted address is the client.
+        for hop in reversed(hops):
+            if not any(chain[-1] in net for net in trusted):
+                break
+            chain.append(ip_address(hop))
+        return str(chain[-1])
+    except ValueError:
+        return peer
+
+
+def forwarding_headers(request: web.Request, address: str, runtime: Runtime) -> dict[str, str]:
+    peer = request.remote or ""
+    proto = request.scheme
+    existing = request.headers.get("X-Forwarded-For")
+    trusted = runtime.config.listen.trusted_proxies
+    from_proxy = False
+    with contextlib.suppress(ValueError):
+        from_proxy = bool(trusted) and any(ip_address(peer) in net for net in trusted)
+    if from_proxy:
+        proto = request.headers.get("X-Forwarded-Proto", proto)
+    chain = f"{existing}, {peer}" if (from_proxy and existing) else peer
+    return {"X-Forwarded-For": chain, "X-Forwarded-Proto": proto}
+
+
+async def read_body(request: web.Request, runtime: Runtime) -> bytes | Rejection:
+    """Stage 2: refuse a declared oversize body unread; read any body with the same cap and a deadline."""
+    limits = runtime.config.limits
+    cap = limits.max_body_bytes
+    if request.content_length is not None and request.content_length > cap:
+        return Rejection(Reason.BODY_TOO_LARGE, "size")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.read_timeout):
+            while True:
+                chunk = await request.content.read(cap + 1 - size)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > cap:
+                    return Rejection(Reason.BODY_TOO_LARGE, "size")
+                chunks.append(chunk)
+    except TimeoutError:
+        return Rejection(Reason.BODY_READ_TIMEOUT, "connection")
+    return b"".join(chunks)
+
+
+def content_type_ok(request: web.Request) -> bool:
+    raw = request.headers.get("Content-Type", "")
+    media, _, params = raw.partition(";")
+    if media.strip().lower() not in _FORM_TYPES:
+        return False
+    params = params.strip().lower()
+    # A charset other than UTF-8 would change how the body decodes; refuse rather than guess.
+    return not params or params.replace(" ", "") in ("charset=utf-8", 'charset="utf-8"')
+
+
+class TokenHandler:
+    """Handles POSTs on the token paths and, by policy, other paths."""
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        runtime = runtime_of(request)
+        started = time.perf_counter()
+        outcome = Outcome()
+        m = metrics()
+        m.in_flight.inc()
+        try:
+            response = await self._handle(request, runtime, outcome)
+        except Exception:
+            log.exception("internal error handling a token request")
+            outcome.reason, outcome.stage = Reason.INTERNAL_ERROR.code, "internal"
+            response = error_response(Rejection(Reason.INTERNAL_ERROR, "internal"), runtime.config.profile.errors)
+        finally:
+            m.in_flight.dec()
+        latency = time.perf_counter() - started
+        result = "accepted" if outcome.reason == "ok" else "rejected"
+        m.requests.labels(result, outcome.reason, outcome.client, outcome.grant).inc()
+        m.request_duration.labels(result).observe(latency)
+        if runtime.config.logging.audit:
+            write_audit(
+                request_id=outcome.request_id,
+                client_address=outcome.address,
+                client=outcome.client,
+                grant=outcome.grant,
+                outcome=result,
+                reason=outcome.reason,
+                stage=outcome.stage,
+                latency=latency,
+                upstream_status=outcome.upstream_status,
+            )
+        return response
+
+    def _reject(self, rejection: Rejection, runtime: Runtime, outcome: Outcome) -> web.Response:
+        outcome.reason, outcome.stage = rejection.reason.code, rejection.stage
+        response = error_response(rejection, runtime.config.profile.errors)
+        if rejection.reason in (Reason.BODY_TOO_LARGE, Reason.BODY_READ_TIMEOUT):
+            # The unread rest of the body makes the connection useless; do not drain it.
+            response.force_close()
+        return response
+
+    async def _handle(self, request: web.Request, runtime: Runtime, outcome: Outcome) -> web.StreamResponse:
+        config = runtime.config
+        # A caller-supplied request id is kept only when it is short and printable (it reaches the logs).
+        given = request.headers.get("X-Request-Id", "")
+        outcome.request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        address = client_address(request, runtime)
+        outcome.address = address
+        # Stage 1: route.
+        if request.path not in config.token_paths:
+            if config.passthrough.other_paths == "deny":
+                return self._reject(Rejection(Reason.PATH_DENIED, "route"), runtime, outcome)
+            outcome.grant = "other_path"
+            return await self._passthrough(request, runtime, outcome, address, None)
+        if request.method != "POST":
+            return self._reject(Rejection(Reason.METHOD_NOT_ALLOWED, "route"), runtime, outcome)
+        if not content_type_ok(request):
+            return self._reject(Rejection(Reason.CONTENT_TYPE, "route"), runtime, outcome)
+        # Stage 2: size.
+        body = await read_body(request, runtime)
+        if isinstance(body, Rejection):
+            return self._reject(body, runtime, outcome)
+        # Stage 3: strict form.
+        try:
+            form = parse_form(body, max_params=config.limits.max_form_params)
+        except FormError as exc:
+            return self._reject(Rejection(exc.reason, "form"), runtime, outcome)
+        grant_type = form.get("grant_type")
+        if not grant_type:
+            return self._reject(Rejection(Reason.GRANT_TYPE_MISSING, "form"), runtime, outcome)
+        # Stage 4: dispatch.
+        if grant_type != JWT_BEARER:
+            outcome.grant = "other"
+            if config.passthrough.other_grants == "deny":
+                return self._reject(Rejection(Reason.GRANT_TYPE_DENIED, "dispatch"), runtime, outcome)
+            return await self._passthrough(request, runtime, outcome, address, body)
+        outcome.grant = "jwt-bearer"
+        return await self._jwt_bearer(request, runtime, outcome, address, form)
+
+    async def _jwt_bearer(
+        self,
+        request: web.Request,
+        runtime: Runtime,
+        outcome: Outcome,
+        address: str,
+        form: dict[str, str],
+    ) -> web.StreamResponse:
+        ctx = RequestContext(request=request, form=form, client_address=address, received_at=time.time())
+        stage_timer = metrics().stage_duration
+        for check in runtime.pipeline:
+            t0 = time.perf_counter()
+            rejection = await check(ctx)
+            stage_timer.labels(check.stage).observe(time.perf_counter() - t0)
+            if rejection is not None:
+                # Only a client proven by its signature is named in logs and metrics.
+                if ctx.key is not None and ctx.client is not None:
+                    outcome.client = ctx.client.client_id
+                return self._reject(rejection, runtime, outcome)
+        client = ctx.client
+        assert client is not None and ctx.key is not None  # the signature stage passed
+        outcome.client = client.client_id
+        body, headers = client.builder.build(ctx)
+        headers.update(forwarding_headers(request, address, runtime))
+        answer = await client.upstream.send("POST", client.upstream.token_url, body, headers)
+        if isinstance(answer, Rejection):
+            return self._reject(answer, runtime, outcome)
+        outcome.upstream_status = answer.status
+        return self._token_answer(answer, client, ctx, runtime, outcome)
+
+    def _token_answer(
+        self,
+        answer: UpstreamAnswer,
+        client: ClientRuntime,
+        ctx: RequestContext,
+        runtime: Runtime,
+        outcome: Outcome,
+    ) -> web.Response:
+        """Stage 17: pass the AS answer through, minus refresh_token; credential refusals are ours to own."""
+        document = None
+        if answer.headers.get("Content-Type", "").startswith("application/json"):
+            try:
+                document = json.loads(answer.body)
+            except ValueError:
+                document = None
+        if (
+            answer.status in (400, 401)
+            and isinstance(document, dict)
+            and document.get("error") in _CREDENTIAL_ERRORS
+            and client.injects_credentials
+            and not ctx.caller_client_auth
+        ):
+            metrics().misconfigurations.labels(client.client_id).inc()
+            log.error(
+                "authorization server refused the credentials injected for client %s (%s): check its client_auth",
+                client.client_id,
+                document.get("error"),
+            )
+            return self._reject(Rejection(Reason.UPSTREAM_REJECTED_CREDENTIALS, "response"), runtime, outcome)
+        body = answer.body
+        if (
+            answer.status == 200
+            and runtime.config.profile.drop_refresh_token
+            and isinstance(document, dict)
+            and "refresh_token" in document
+        ):
+            # CAMARA SI: the answer MUST NOT carry a refresh token.
+            del document["refresh_token"]
+            body = json.dumps(document, separators=(",", ":")).encode()
+        if answer.status >= 400:
+            outcome.reason, outcome.stage = "upstream_error", "response"
+        headers = end_to_end_headers(answer.headers, up=False)
+        headers.popall("Content-Encoding", None)
+        for name, value in NO_STORE_HEADERS.items():
+            headers.setdefault(name, value)
+        return web.Response(status=answer.status, body=body, headers=headers)
+
+    async def _passthrough(
+        self,
+        request: web.Request,
+        runtime: Runtime,
+        outcome: Outcome,
+        address: str,
+        body: bytes | None,
+    ) -> web.StreamResponse:
+        """Other grants and (by policy) other paths go to the AS as they came, headers cleaned."""
+        upstream = runtime.upstream
+        if body is None:
+            read = await read_body(request, runtime)
+            if isinstance(read, Rejection):
+                return self._reject(read, runtime, outcome)
+            body = read
+        if request.path in runtime.config.token_paths:
+            url = upstream.token_url
+        else:
+            url = upstream.origin.with_path(request.path).with_query(request.query_string)
+        headers = end_to_end_headers(request.headers, up=True)
+        headers.update(forwarding_headers(request, address, runtime))
+        answer = await upstream.send(request.method, URL(url), body, headers)
+        if isinstance(answer, Rejection):
+            return self._reject(answer, runtime, outcome)
+        outcome.upstream_status = answer.status
+        outcome.reason = "ok" if answer.status < 400 else "upstream_error"
+        return web.Response(
+            status=answer.status, body=answer.body, headers=end_to_end_headers(answer.headers, up=False)
+        )

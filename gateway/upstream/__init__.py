@@ -1,0 +1,1 @@
+"""Everything on the way to the authorization server: the request builder and the forwarding core."""

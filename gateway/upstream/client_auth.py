@@ -1,0 +1,64 @@
+"""Client authentication the gateway injects upstream (RFC 6749 §2.3.1, RFC 7523 §2.2, RFC 8705 §2)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from urllib.parse import quote_plus
+
+from multidict import CIMultiDict
+
+from gateway.config.model import ClientAuth
+from gateway.jose.signing import SigningKey
+
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLIENT_ASSERTION_LIFETIME = 60
+
+
+class InjectedAuth:
+    """One client's upstream credentials, prepared once; `apply` adds them to a request."""
+
+    def __init__(
+        self, auth: ClientAuth, default_client_id: str, token_url: str, signing_key: SigningKey | None
+    ) -> None:
+        self.method = auth.method
+        self.client_id = auth.client_id or default_client_id
+        self.audience = auth.audience or token_url
+        self.signing_key = signing_key
+        self._secret = auth.secret.get() if auth.secret is not None else None
+        self._basic: str | None = None
+        if self.method == "client_secret_basic":
+            assert self._secret is not None
+            # RFC 6749 §2.3.1: id and secret are form-encoded before base64 (":" and non-ASCII safe).
+            pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
+            self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+    def apply(self, form: dict[str, str], headers: CIMultiDict[str]) -> None:
+        if self.method == "client_secret_basic":
+            assert self._basic is not None
+            headers["Authorization"] = self._basic
+        elif self.method == "client_secret_post":
+            assert self._secret is not None
+            form["client_id"] = self.client_id
+            form["client_secret"] = self._secret
+        elif self.method == "private_key_jwt":
+            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            form["client_assertion"] = self._client_assertion()
+        elif self.method == "tls_client_auth":
+            # RFC 8705 §2: the certificate authenticates; client_id says which client it claims to be.
+            form["client_id"] = self.client_id
+
+    def _client_assertion(self) -> str:
+        assert self.signing_key is not None
+        now = int(time.time())
+        # RFC 7523 §3: iss = sub = client_id, aud = the AS (token URL or issuer), unique jti, short exp.
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.audience,
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "exp": now + CLIENT_ASSERTION_LIFETIME,
+        }
+        return self.signing_key.sign(claims)

@@ -1,0 +1,179 @@
+"""The forwarding core: one pooled session to the AS, timeouts, no retry once a request is sent."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.config.model import Upstream
+from gateway.errors import Reason, Rejection
+from gateway.metrics import metrics
+
+# RFC 9110 §7.6.1: hop-by-hop fields are meaningful for one connection only and never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Fields the gateway sets itself on the way out or back.
+_NOT_COPIED_UP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "expect",
+}
+_NOT_COPIED_DOWN = HOP_BY_HOP | {"content-length", "date", "server"}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    status: int
+    body: bytes
+    headers: CIMultiDictProxy[str]
+
+
+def end_to_end_headers(headers: Mapping[str, str] | CIMultiDictProxy[str], *, up: bool) -> CIMultiDict[str]:
+    """Copy headers minus hop-by-hop ones, including those named in `Connection` (RFC 9110 §7.6.1)."""
+    skip = set(_NOT_COPIED_UP if up else _NOT_COPIED_DOWN)
+    for name in headers.get("Connection", "").split(","):
+        skip.add(name.strip().lower())
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in skip:
+            out.add(name, value)
+    return out
+
+
+def ssl_context(settings: Upstream, cert_file: str | None = None, key_file: str | None = None) -> ssl.SSLContext | bool:
+    """TLS settings for the AS connection; a client certificate makes it a per-client context."""
+    if not settings.tls.verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        cafile = str(settings.tls.ca_file) if settings.tls.ca_file else None
+        context = ssl.create_default_context(cafile=cafile)
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+class UpstreamClient:
+    """Sends requests to the AS through a pooled session; counts in-flight requests and sheds beyond the cap."""
+
+    def __init__(self, settings: Upstream, *, cert_file: str | None = None, key_file: str | None = None) -> None:
+        self.settings = settings
+        self.token_url = URL(str(settings.token_url))
+        self.origin = self.token_url.origin()
+        self._cert = (cert_file, key_file)
+        self._session: aiohttp.ClientSession | None = None
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        ssl_arg: ssl.SSLContext | bool = True
+        if self.token_url.scheme == "https":
+            ssl_arg = ssl_context(self.settings, *self._cert)
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_connections,
+            ssl=ssl_arg,
+            enable_cleanup_closed=True,
+            ttl_dns_cache=60,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=self.settings.timeouts.total,
+            sock_connect=self.settings.timeouts.connect,
+            connect=self.settings.timeouts.total,
+        )
+        # auto_decompress off: passthrough answers go back byte for byte, encoding and all.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "UpstreamClient.start() not awaited"
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(
+        self,
+        method: str,
+        url: URL,
+        body: bytes,
+        headers: CIMultiDict[str],
+    ) -> UpstreamAnswer | Rejection:
+        """Send once; a request that reached the AS is never retried (it may have been acted on)."""
+        if self.in_flight >= self.settings.max_in_flight:
+            metrics().upstream_errors.labels("upstream_shed").inc()
+            return Rejection(Reason.UPSTREAM_SHED, "upstream_guard", self.settings.retry_after)
+        self.in_flight += 1
+        gauge = metrics().upstream_in_flight
+        gauge.inc()
+        started = time.perf_counter()
+        try:
+            async with self.session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                payload = await response.read()
+                answer = UpstreamAnswer(response.status, payload, response.headers)
+        except aiohttp.ConnectionTimeoutError:
+            # No connection within timeouts.connect: the AS is unreachable, nothing was sent.
+            metrics().upstream_errors.labels("upstream_unreachable").inc()
+            return Rejection(Reason.UPSTREAM_UNREACHABLE, "forward", self.settings.retry_after)
+        except TimeoutError:
+            metrics().upstream_errors.labels("upstream_timeout").inc()
+            return Rejection(Reason.UPSTREAM_TIMEOUT, "forward", self.settings.retry_after)
+        except (aiohttp.ClientConnectionError, OSError):
+            metrics().upstream_errors.labels("upstream_unreachable").inc()
+            return Rejection(Reason.UPSTREAM_UNREACHABLE, "forward", self.settings.retry_after)
+        except aiohttp.ClientResponseError:
+            metrics().upstream_errors.labels("upstream_bad_response").inc()
+            return Rejection(Reason.UPSTREAM_BAD_RESPONSE, "forward", self.settings.retry_after)
+        finally:
+            self.in_flight -= 1
+            gauge.dec()
+        metrics().upstream_duration.observe(time.perf_counter() - started)
+        metrics().upstream_responses.labels(str(answer.status)).inc()
+        return answer
+
+    async def reachable(self) -> bool:
+        """Readiness: can a TCP (and TLS) connection be made to the AS origin?"""
+        try:
+            async with self.session.request(
+                "HEAD",
+                self.origin,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeouts.connect + 1),
+            ) as response:
+                await response.read()
+            return True
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False

@@ -1,0 +1,1 @@
+"""Real servers and real key material for the test suite (no mocks)."""
