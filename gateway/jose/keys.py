@@ -224,8 +224,10 @@ def keys_from_jwks(jwks: Mapping[str, Any], *, source: str, default_alg: str | N
     return keys
 
 
-def key_from_pem(pem: bytes, *, alg: str | None, kid: str | None, source: str) -> VerificationKey:
-    """Load a public key or X.509 certificate PEM; alg None infers it from the key type."""
+def key_from_pem(
+    pem: bytes, *, alg: str | None, kid: str | None, source: str, default_alg: str | None = None
+) -> VerificationKey:
+    """Load a public key or X.509 certificate PEM; alg None infers it as for a JWK without "alg"."""
     key: object
     try:
         key = serialization.load_pem_public_key(pem)
@@ -238,10 +240,11 @@ def key_from_pem(pem: bytes, *, alg: str | None, kid: str | None, source: str) -
             if b"PRIVATE KEY" in pem:
                 raise KeyLoadError(f"{source}: holds a private key; give the public key or certificate") from None
             raise KeyLoadError(f"{source}: not a PEM public key or certificate") from None
-    if alg is not None and alg not in ALGORITHMS:
-        raise KeyLoadError(f"{source}: alg {alg!r} is not allowed (allowed: {', '.join(sorted(ALGORITHMS))})")
+    for value in (alg, default_alg):
+        if value is not None and value not in ALGORITHMS:
+            raise KeyLoadError(f"{source}: alg {value!r} is not allowed (allowed: {', '.join(sorted(ALGORITHMS))})")
     try:
-        return _bind(key, alg, kid, None)
+        return _bind(key, alg, kid, default_alg)
     except KeyLoadError as exc:
         raise KeyLoadError(f"{source}: {exc}") from None
 

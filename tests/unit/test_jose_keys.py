@@ -350,6 +350,11 @@ def test_key_from_pem_infers_alg_like_a_jwk() -> None:
     assert key_from_pem(public_pem(signing_key("EdDSA").key), alg=None, kid=None, source="f").alg
     with pytest.raises(KeyLoadError, match=r"^f: RSA key needs alg: RS256 or PS256$"):
         key_from_pem(public_pem(signing_key("RS256").key), alg=None, kid=None, source="f")
+    rsa_pem = public_pem(signing_key("RS256").key)
+    assert key_from_pem(rsa_pem, alg=None, kid=None, source="f", default_alg="PS256").alg == "PS256"
+    # default_alg only settles RSA: an EC key still binds to ES256.
+    ec_pem = public_pem(signing_key("ES256").key)
+    assert key_from_pem(ec_pem, alg=None, kid=None, source="f", default_alg="RS256").alg == "ES256"
 
 
 def test_key_from_pem_refuses_private_keys_and_garbage() -> None:
