@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.config import ConfigError, load_config
 from gateway.config.types import Rate, parse_duration, parse_rate
@@ -50,7 +51,7 @@ def test_minimal_file_gets_every_default(tmp_path):
 
 def test_config_objects_are_frozen(tmp_path):
     config = load_config(write(tmp_path, MINIMAL))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.limits.max_body_bytes = 1  # type: ignore[misc]
 
 
