@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
@@ -33,7 +33,7 @@ __all__ = [
 # Asymmetric only: never "none", never HS*.
 ALGORITHMS: frozenset[str] = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
 RSA_ALGORITHMS: frozenset[str] = frozenset({"RS256", "PS256"})
-MIN_RSA_BITS = 2048  # FAPI 2.0 Security Profile §5.4.1; NIST SP 800-131A
+MIN_RSA_BITS = 2048  # FAPI 2.0 Security Profile (cryptography and secrets); NIST SP 800-131A
 
 # PyJWT algorithm objects, built once at import; stateless, shared by every key.
 ALGORITHM_OBJECTS: Mapping[str, Algorithm] = MappingProxyType(
@@ -49,7 +49,8 @@ ALGORITHM_OBJECTS: Mapping[str, Algorithm] = MappingProxyType(
 # symmetric key carries.
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
-_JWK_PARSERS: dict[str, Any] = {
+# kty -> (PyJWT parser, members that must be strings before it sees them).
+_JWK_PARSERS: dict[str, tuple[Callable[[dict[str, Any]], object], tuple[str, ...]]] = {
     "RSA": (RSAAlgorithm.from_jwk, ("n", "e")),
     "EC": (ECAlgorithm.from_jwk, ("crv", "x", "y")),
     "OKP": (OKPAlgorithm.from_jwk, ("crv", "x")),
