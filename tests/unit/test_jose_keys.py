@@ -11,8 +11,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from joserfc import jwk as rfc_jwk
-from joserfc import jwt as rfc_jwt
 
 from gateway.jose.jws import b64url_encode, parse_compact
 from gateway.jose.keys import (
@@ -175,10 +173,12 @@ def test_rsa_key_bound_to_rs256_refuses_a_ps256_signature() -> None:
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated")  # joserfc follows RFC 9864
 @pytest.mark.parametrize("alg", ALGS)
 def test_interoperates_with_an_independent_jose_library(alg: str) -> None:
-    # joserfc signs and verifies with its own JWS code: both directions must agree.
+    # joserfc (installed with Authlib) signs and verifies with its own JWS code: both directions must agree.
+    rfc_jwk = pytest.importorskip("joserfc.jwk")
+    rfc_jwt = pytest.importorskip("joserfc.jwt")
     ours = signing_key(alg)
     kty = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}[alg]
-    theirs = rfc_jwk.import_key(private_pem(ours.key), kty)  # type: ignore[call-overload]
+    theirs = rfc_jwk.import_key(private_pem(ours.key), kty)
     value = rfc_jwt.encode({"alg": alg, "kid": "k1"}, {"iss": "acme"}, theirs, algorithms=[alg])
     jws = parse_compact(value, **CAPS)
     assert ours.verification_key().verify(jws.signing_input, jws.signature)
