@@ -119,6 +119,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         print(f"{out} exists; use --force to overwrite", file=sys.stderr)
         return 1
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_CREAT's mode applies to new files only; an overwritten (--force) file keeps its old mode.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     key = load_signing_key(pem, alg=args.alg, kid=args.kid, source=str(out))

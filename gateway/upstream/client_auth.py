@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from urllib.parse import quote_plus
+from urllib.parse import quote
 
 from multidict import CIMultiDict
 
@@ -14,6 +14,11 @@ from gateway.jose.signing import SigningKey
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLIENT_ASSERTION_LIFETIME = 60
+
+
+def _form_encode(value: str) -> str:
+    """UTF-8, then every octet outside the unreserved set percent-encoded (RFC 6749 Appendix B)."""
+    return quote(value, safe="")
 
 
 class InjectedAuth:
@@ -31,7 +36,9 @@ class InjectedAuth:
         if self.method == "client_secret_basic":
             assert self._secret is not None
             # RFC 6749 §2.3.1: id and secret are form-encoded before base64 (":" and non-ASCII safe).
-            pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
+            # A space goes as %20, not "+": every form decoder reads %20, but some ASes (Authlib-based
+            # ones among them) only percent-decode and would take "+" literally.
+            pair = f"{_form_encode(self.client_id)}:{_form_encode(self._secret)}"
             self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
     def apply(self, form: dict[str, str], headers: CIMultiDict[str]) -> None:
