@@ -91,8 +91,13 @@ def _worker(source: str, index: int) -> None:
 
 def _run_workers(source: str, config: GatewayConfig) -> int:
     import multiprocessing
+    import shutil
     import signal
+    import tempfile
 
+    # Workers write their metrics to files in one folder; the admin listener (worker 0) sums them.
+    metrics_dir = tempfile.mkdtemp(prefix="bearer-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(str(source), i), daemon=False) for i in range(config.workers)]
     for process in processes:
@@ -107,6 +112,7 @@ def _run_workers(source: str, config: GatewayConfig) -> int:
         signal.signal(sig, forward)
     for process in processes:
         process.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((p.exitcode or 0) for p in processes)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
 
@@ -57,6 +60,7 @@ class Metrics:
             "bearer_gateway_upstream_in_flight_requests",
             "Requests waiting on the authorization server now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.rate_limit_decisions = Counter(
             "bearer_gateway_rate_limit_decisions_total",
@@ -101,8 +105,15 @@ class Metrics:
             ["client"],
             registry=registry,
         )
-        self.build = Info("bearer_gateway_build", "Version of the running gateway.", registry=registry)
-        self.build.info({"version": __version__})
+        # A gauge rather than an Info metric: Info does not work in multi-process mode.
+        self.build = Gauge(
+            "bearer_gateway_build_info",
+            "Version of the running gateway.",
+            ["version"],
+            registry=registry,
+            multiprocess_mode="all",
+        )
+        self.build.labels(__version__).set(1)
 
 
 _metrics: Metrics | None = None
@@ -114,3 +125,12 @@ def metrics() -> Metrics:
     if _metrics is None:
         _metrics = Metrics()
     return _metrics
+
+
+def exposition() -> bytes:
+    """The /metrics body: this process, or every worker when running several (multi-process mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(metrics().registry)

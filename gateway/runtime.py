@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import aiohttp
 
 from gateway.checks.context import Check
-from gateway.checks.pipeline import build_pipeline
+from gateway.checks.pipeline import build_pipeline, request_limits
+from gateway.checks.rate_limits import Limiter
 from gateway.config.load import ConfigError
 from gateway.config.model import Client, GatewayConfig
 from gateway.jose.jwks_remote import RemoteJWKS, RemoteJWKSSettings
@@ -24,7 +26,7 @@ from gateway.jose.keys import (
 )
 from gateway.jose.signing import SigningKey, load_signing_key
 from gateway.metrics import metrics
-from gateway.state import MemoryState, StateBackend
+from gateway.state import StateBackend, create_state
 from gateway.upstream.builder import UpstreamRequestBuilder
 from gateway.upstream.client_auth import InjectedAuth
 from gateway.upstream.forward import UpstreamClient
@@ -91,7 +93,9 @@ def load_client_keys(client: Client, at: str, algorithms: frozenset[str], source
             )
         if keys.pem is not None:
             return KeySet(
-                key_from_pem(_read(p.file, source), alg=p.alg or default_alg, kid=p.kid, source=f"{at}.keys.pem[{i}]")
+                key_from_pem(
+                    _read(p.file, source), alg=p.alg, kid=p.kid, source=f"{at}.keys.pem[{i}]", default_alg=default_alg
+                )
                 for i, p in enumerate(keys.pem)
             )
     except KeyLoadError as exc:
@@ -134,7 +138,7 @@ class Runtime:
         self.upstream = UpstreamClient(config.upstream)
         self._upstreams: dict[tuple[str, str], UpstreamClient] = {}
         # A reload hands over the running state: the replay set must outlive a config change.
-        self.state: StateBackend = state if state is not None else MemoryState(config.state.max_replay_entries)
+        self.state: StateBackend = state if state is not None else create_state(config.state)
         self.clients: dict[str, ClientRuntime] = {}
         self._remote: list[tuple[str, RemoteJWKS]] = []
         token_url = str(config.upstream.token_url)
@@ -156,7 +160,10 @@ class Runtime:
                 assert auth.cert_file is not None and auth.key_file is not None
                 upstream = self._upstream_for_cert(str(auth.cert_file), str(auth.key_file), source, at)
             self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
-        self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.state)
+        self.limiter = Limiter(self.state, config.state.redis.on_error)
+        self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.state, self.limiter)
+        # Forwarded grants pass the same per-IP and global limits (design stage 4: "forward with per-IP limits").
+        self.passthrough_checks: tuple[Check, ...] = request_limits(config, self.limiter)
         self.jwks_document = json.dumps(
             {"keys": [key.public_jwk() for key in self.gateway_keys]}, separators=(",", ":")
         ).encode()
@@ -198,7 +205,9 @@ class Runtime:
                 raise ConfigError(
                     source, [(f"{at}.upstream.client_auth", f"cannot load certificate/key: {exc}")]
                 ) from None
-            self._upstreams[(cert, key)] = UpstreamClient(self.config.upstream, cert_file=cert, key_file=key)
+            self._upstreams[(cert, key)] = UpstreamClient(
+                self.config.upstream, cert_file=cert, key_file=key, in_flight=self.upstream.in_flight
+            )
         return self._upstreams[(cert, key)]
 
     async def start(self) -> None:
@@ -206,8 +215,8 @@ class Runtime:
         for upstream in self._upstreams.values():
             await upstream.start()
         self._jwks_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        for _, remote in self._remote:
-            await remote.start(self._jwks_session)
+        # Concurrently: an unreachable JWKS server costs startup one timeout, not one per client.
+        await asyncio.gather(*(remote.start(self._jwks_session) for _, remote in self._remote))
 
     async def close(self, *, keep_state: bool = False) -> None:
         for _, remote in self._remote:

@@ -31,3 +31,12 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
     yield start
     for running in started:
         await running.stop()
+
+
+@pytest.fixture
+def redis_server():
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()

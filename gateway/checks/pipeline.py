@@ -11,6 +11,7 @@ from gateway.checks.client_auth import ClientAuthConflict
 from gateway.checks.context import Check
 from gateway.checks.header_policy import HeaderPolicy
 from gateway.checks.issuer import Issuer
+from gateway.checks.rate_limits import ClientQuota, GlobalLimit, IssuerGuard, Limiter, PerIPLimit
 from gateway.checks.replay import Replay
 from gateway.checks.request_rules import RequestRules
 from gateway.checks.signature import ClientGrant, Signature
@@ -21,26 +22,45 @@ if TYPE_CHECKING:
     from gateway.runtime import ClientRuntime
 
 
-def build_pipeline(
-    config: GatewayConfig, clients: Mapping[str, ClientRuntime], state: StateBackend
-) -> tuple[Check, ...]:
-    """Cheapest first. Rate limits (stages 5, 10's per-issuer guard, 14) slot in where marked.
+def request_limits(config: GatewayConfig, limiter: Limiter) -> tuple[Check, ...]:
+    """Stage 5, shared by the jwt-bearer pipeline and forwarded grants: per-IP, then global."""
+    limits = config.rate_limits
+    checks: list[Check] = []
+    if limits.per_ip is not None:
+        checks.append(PerIPLimit(limiter, limits.per_ip))
+    if limits.global_ is not None:
+        checks.append(GlobalLimit(limiter, limits.global_))
+    return tuple(checks)
 
-    Claims run before the issuer lookup (design stages 11 and 10 swapped): a bad-claims assertion
-    then gets the same answer whether or not its `iss` names a client, so the error code is no
-    oracle of which client ids exist.
+
+def build_pipeline(
+    config: GatewayConfig, clients: Mapping[str, ClientRuntime], state: StateBackend, limiter: Limiter
+) -> tuple[Check, ...]:
+    """Cheapest first; a check never calls the next one.
+
+    Two deliberate moves against the design's numbering:
+    - Claims (11) run before the issuer lookup (10): a bad-claims assertion then gets the same
+      answer whether or not its `iss` names a client, so the error code is no oracle of which
+      client ids exist.
+    - The client quota (14) runs before replay (13): an assertion refused with 429 has not been
+      spent and can be retried after Retry-After.
     """
     profile = config.profile
+    limits = config.rate_limits
+    guard: tuple[Check, ...] = ()
+    if limits.per_issuer_unverified is not None:
+        guard = (IssuerGuard(limiter, limits.per_issuer_unverified),)
     return (
-        # 5: per-IP limit (rate-limit issue)
+        *request_limits(config, limiter),  # 5
         ClientAuthConflict(profile.incoming_client_auth),  # 6
         RequestRules(profile.forbid_scope_parameter),  # 7
         AssertionShape(config.limits),  # 8
         HeaderPolicy(profile, config.limits),  # 9
         Claims(profile, config.limits),  # 11
-        Issuer(clients),  # 10 (+ the pre-verification per-issuer limit, rate-limit issue)
+        Issuer(clients),  # 10
+        *guard,  # 10: pre-verification per-issuer CPU guard
         Signature(),  # 12
-        ClientGrant(),  # 12b: unauthorized_client, only for a proven client
+        ClientGrant(),  # 12: unauthorized_client, only for a proven client
+        ClientQuota(limiter, limits.per_client),  # 14
         Replay(state, profile.clock_skew, config.state.redis.on_error),  # 13
-        # 14: per-client quota (rate-limit issue)
     )

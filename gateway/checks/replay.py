@@ -10,6 +10,7 @@ from gateway.checks.context import RequestContext
 from gateway.errors import Reason, Rejection
 from gateway.metrics import metrics
 from gateway.state.base import StateBackend, StateUnavailable
+from gateway.state.memory import MemoryState
 
 log = logging.getLogger("bearer_gateway.replay")
 
@@ -23,6 +24,8 @@ class Replay:
         self.state = state
         self.skew = clock_skew
         self.on_error = on_error
+        # fail_open still remembers jti values, per process, rather than accepting replays outright.
+        self.fallback = MemoryState() if state.name != "memory" else None
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
         assert ctx.jws is not None and ctx.client is not None
@@ -34,10 +37,10 @@ class Replay:
             fresh = await self.state.claim_once(key, ttl)
         except StateUnavailable:
             metrics().state_errors.labels("replay", self.on_error).inc()
-            if self.on_error == "fail_open":
-                log.warning("replay state unavailable; accepting without replay check (fail_open)")
-                return None
-            return Rejection(Reason.STATE_UNAVAILABLE, self.stage, retry_after=1.0)
+            if self.on_error == "fail_closed" or self.fallback is None:
+                return Rejection(Reason.STATE_UNAVAILABLE, self.stage, retry_after=1.0)
+            log.warning("replay state unavailable: per-process replay set (fail_open)")
+            fresh = await self.fallback.claim_once(key, ttl)
         if not fresh:
             metrics().replay_hits.labels(ctx.client.client_id).inc()
             return Rejection(Reason.REPLAY, self.stage)

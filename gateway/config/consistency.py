@@ -90,6 +90,9 @@ def check_consistency(config: GatewayConfig) -> list[tuple[str, str]]:
         if method == "tls_client_auth":
             if auth.cert_file is None or auth.key_file is None:
                 problems.append((auth_at, "method tls_client_auth needs cert_file and key_file"))
+            if config.upstream.token_url.scheme != "https":
+                # RFC 8705 §2: the certificate is presented in the TLS handshake; plain HTTP would drop it.
+                problems.append((auth_at, "method tls_client_auth needs an https upstream.token_url"))
             problems += _file_problem(auth.cert_file, f"{auth_at}.cert_file")
             problems += _file_problem(auth.key_file, f"{auth_at}.key_file")
         if method != "none" and method != "tls_client_auth" and auth.secret is not None and method == "private_key_jwt":

@@ -7,13 +7,14 @@ import logging
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.errors import Reason, Rejection, error_response
-from gateway.metrics import metrics
+from gateway.metrics import exposition, metrics
 from gateway.runtime import Runtime
 from gateway.server.token import RUNTIME, TokenHandler, runtime_of
 
@@ -28,7 +29,7 @@ class Guard:
     def __init__(self) -> None:
         self.active = 0
 
-    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    def middleware(self) -> Any:
         @web.middleware
         async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             return await self.handle(request, handler)
@@ -85,7 +86,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    body = generate_latest(metrics().registry)
+    body = exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -164,7 +165,9 @@ class Gateway:
                 raise ConfigError(
                     self.source, [("listen", "listen, admin and workers cannot change on reload; restart")]
                 )
-            new = Runtime(config, self.source, state=self.runtime.state)
+            # The replay set and rate cells outlive a reload unless the state settings changed.
+            same_state = config.state == self.runtime.config.state
+            new = Runtime(config, self.source, state=self.runtime.state if same_state else None)
             await new.start()
         except ConfigError as exc:
             metrics().config_reloads.labels("refused").inc()
@@ -178,7 +181,7 @@ class Gateway:
         log.info("configuration reloaded from %s", self.source)
         # In-flight requests hold the old runtime; give them the upstream timeout before closing it.
         asyncio.get_running_loop().call_later(
-            old.config.upstream.timeouts.total + 1, lambda: asyncio.ensure_future(old.close(keep_state=True))
+            old.config.upstream.timeouts.total + 1, lambda: asyncio.ensure_future(old.close(keep_state=same_state))
         )
         return True
 

@@ -288,6 +288,11 @@ class TokenHandler:
         body: bytes | None,
     ) -> web.StreamResponse:
         """Other grants and (by policy) other paths go to the AS as they came, headers cleaned."""
+        ctx = RequestContext(request=request, form={}, client_address=address, received_at=time.time())
+        for check in runtime.passthrough_checks:
+            rejection = await check(ctx)
+            if rejection is not None:
+                return self._reject(rejection, runtime, outcome)
         upstream = runtime.upstream
         if body is None:
             read = await read_body(request, runtime)

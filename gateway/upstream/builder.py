@@ -41,15 +41,18 @@ class UpstreamRequestBuilder:
         """A new assertion from the gateway as trusted issuer (design: Upstream modes, resign)."""
         assert self.gateway_key is not None and self.audience is not None
         now = int(time.time())
-        sub = claims["sub"]
         new: dict[str, Any] = {
             "iss": self.issuer,
-            "sub": self.subject_map.get(sub, sub),
             "aud": self.audience,
             "iat": now,
             "exp": now + self.lifetime,
-            "jti": uuid.uuid4().hex,
+            "jti": uuid.uuid4().hex,  # RFC 7523 §3 item 7: never the caller's jti
         }
+        # RFC 7523 §3 item 2 wants a sub; when the profile lets an assertion without one through, the AS
+        # (not the gateway, with a 500) is the one to refuse the grant.
+        sub = claims.get("sub")
+        if isinstance(sub, str):
+            new["sub"] = self.subject_map.get(sub, sub)
         for name in self.copy_claims:
             if name in claims and name not in new:
                 new[name] = claims[name]

@@ -75,16 +75,36 @@ def ssl_context(settings: Upstream, cert_file: str | None = None, key_file: str 
     return context
 
 
-class UpstreamClient:
-    """Sends requests to the AS through a pooled session; counts in-flight requests and sheds beyond the cap."""
+class InFlight:
+    """Requests sent to the AS and not answered yet, counted across every session to it (stage 15)."""
 
-    def __init__(self, settings: Upstream, *, cert_file: str | None = None, key_file: str | None = None) -> None:
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class UpstreamClient:
+    """Sends requests to the AS through a pooled session; counts in-flight requests and sheds beyond the cap.
+
+    Sessions for client certificates (tls_client_auth) pass the main client's `in_flight`, so that
+    `max_in_flight` bounds what reaches the AS, not what each session sends.
+    """
+
+    def __init__(
+        self,
+        settings: Upstream,
+        *,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        in_flight: InFlight | None = None,
+    ) -> None:
         self.settings = settings
         self.token_url = URL(str(settings.token_url))
         self.origin = self.token_url.origin()
         self._cert = (cert_file, key_file)
         self._session: aiohttp.ClientSession | None = None
-        self.in_flight = 0
+        self.in_flight = in_flight if in_flight is not None else InFlight()
 
     async def start(self) -> None:
         ssl_arg: ssl.SSLContext | bool = True
@@ -127,10 +147,11 @@ class UpstreamClient:
         headers: CIMultiDict[str],
     ) -> UpstreamAnswer | Rejection:
         """Send once; a request that reached the AS is never retried (it may have been acted on)."""
-        if self.in_flight >= self.settings.max_in_flight:
+        in_flight = self.in_flight
+        if in_flight.count >= self.settings.max_in_flight:
             metrics().upstream_errors.labels("upstream_shed").inc()
             return Rejection(Reason.UPSTREAM_SHED, "upstream_guard", self.settings.retry_after)
-        self.in_flight += 1
+        in_flight.count += 1
         gauge = metrics().upstream_in_flight
         gauge.inc()
         started = time.perf_counter()
@@ -158,7 +179,7 @@ class UpstreamClient:
             metrics().upstream_errors.labels("upstream_bad_response").inc()
             return Rejection(Reason.UPSTREAM_BAD_RESPONSE, "forward", self.settings.retry_after)
         finally:
-            self.in_flight -= 1
+            in_flight.count -= 1
             gauge.dec()
         metrics().upstream_duration.observe(time.perf_counter() - started)
         metrics().upstream_responses.labels(str(answer.status)).inc()

@@ -78,3 +78,11 @@ async def start_gateway(config: dict[str, Any], tmp_path: Path, name: str = "gat
     gateway = Gateway(load_config(path), str(path))
     await gateway.start()
     return RunningGateway(gateway, path)
+
+
+def metric_value(text: str, sample: str) -> float:
+    """The value of one exposition sample line (name with labels), 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
