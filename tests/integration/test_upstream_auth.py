@@ -6,6 +6,7 @@ verifies every credential and assertion it receives, fetching the gateway's JWKS
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -464,15 +465,17 @@ async def test_resign_mints_a_fresh_jti_per_request(authlib_as, gateway_factory,
 async def test_resign_lifetime_and_copied_claims_follow_the_config(authlib_as, gateway_factory, tmp_path):
     key = caller("acme")
     _, gw_key = signing_key(tmp_path, "gw-1")
-    upstream = {"lifetime": "20s", "copy_claims": ["scope", "acr", "iss", "aud"]}
+    upstream = {"lifetime": "20s", "copy_claims": ["scope", "acr", "iss", "aud", "jti", "exp", "iat"]}
     gw = await start_resign(gateway_factory, authlib_as, tmp_path, key, gateway_keys=[gw_key], upstream=upstream)
-    status, _, _ = await gw.token(key.assertion(acr="2", lifetime=300))
+    before = int(time.time())
+    status, _, _ = await gw.token(key.assertion(acr="2", lifetime=300, jti="caller-jti", now=before - 100))
     claims = authlib_as.last.assertion_claims
     assert status == 200 and claims is not None
-    assert claims["exp"] - claims["iat"] == 20
     assert claims["acr"] == "2" and claims["scope"] == SCOPE
-    # Copying never overrides what the gateway sets itself.
+    # Copying never overrides what the gateway sets itself: issuer, audience, jti and its own short life.
     assert (claims["iss"], claims["aud"]) == (GATEWAY_ISSUER, authlib_as.issuer)
+    assert claims["jti"] != "caller-jti"
+    assert claims["iat"] >= before and claims["exp"] - claims["iat"] == 20
 
 
 async def test_resign_subject_map(authlib_as, gateway_factory, tmp_path):
@@ -500,6 +503,21 @@ async def test_resign_scope_parameter(authlib_as, gateway_factory, tmp_path):
     record = authlib_as.last
     assert status == 200 and record.form["scope"] == SCOPE == record.assertion_claims["scope"]  # type: ignore[index]
     assert document["scope"] == SCOPE
+
+
+async def test_resign_without_a_caller_subject_leaves_the_refusal_to_the_as(authlib_as, gateway_factory, tmp_path):
+    """A profile may stop requiring sub; the re-issued assertion then has none and the AS refuses it."""
+    key = caller("acme")
+    _, gw_key = signing_key(tmp_path, "gw-1")
+    profile = {"required_claims": ["iss", "aud", "exp", "iat", "jti", "scope"]}
+    gw = await start_resign(gateway_factory, authlib_as, tmp_path, key, gateway_keys=[gw_key], profile=profile)
+    now = int(time.time())
+    claims = {"iss": "acme", "aud": AUDIENCE, "iat": now, "exp": now + 60, "jti": "no-sub-1", "scope": SCOPE}
+    status, body = await _raw_token(gw, key.signer.sign(claims))
+    record = authlib_as.last
+    assert "sub" not in decode_unverified(record.form["assertion"])[1]
+    assert record.error == "invalid_grant"
+    assert (status, body) == (400, record.response_body)
 
 
 async def test_resign_rejected_when_the_as_does_not_trust_the_gateway_key(authlib_as, gateway_factory, tmp_path):
@@ -625,6 +643,35 @@ async def test_clients_without_a_certificate_present_none(pki, gateway_factory, 
             status, _, _ = await gw.token(key.assertion())
             assert status == 200, server.last.error_description
             assert server.last.peer_subject == subject
+    finally:
+        await server.stop()
+
+
+async def test_in_flight_cap_counts_every_certificate_session(pki, gateway_factory, tmp_path):
+    """Stage 15: upstream.max_in_flight bounds what reaches the AS, whichever session carries it."""
+    server = await _tls_as(pki, require_client_cert=False)
+    try:
+        server.delay = 0.5
+        acme, beta = caller("acme"), caller("beta")
+        acme_cert = pki.client("acme")
+        register_caller(server, acme, "tls_client_auth", tls_subject_dn=acme_cert.subject)
+        register_caller(server, beta, "client_secret_post", secret="beta-secret")
+        beta_auth = {"method": "client_secret_post", "secret": secret_ref(tmp_path, "beta", "beta-secret")}
+        config = _tls_config(
+            server, pki, [_tls_client(acme, acme_cert), client_entry(beta, upstream={"client_auth": beta_auth})]
+        )
+        config["upstream"]["max_in_flight"] = 1
+        gw = await gateway_factory(config)
+        for first, second in ((acme, beta), (beta, acme)):
+            seen = len(server.records)
+            slow = asyncio.create_task(gw.token(first.assertion()))
+            while len(server.records) == seen:  # the first request is at the AS now
+                await asyncio.sleep(0.01)
+            status, document, headers = await gw.token(second.assertion())
+            assert (status, document["error"]) == (503, "temporarily_unavailable")
+            assert "Retry-After" in headers
+            assert (await slow)[0] == 200
+            assert len(server.records) == seen + 1
     finally:
         await server.stop()
 
@@ -771,6 +818,15 @@ def test_check_config_refuses_inconsistent_client(tmp_path, name):
     assert result.returncode == 1, result.stdout
     assert upstream_key_path in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def test_check_config_refuses_tls_client_auth_over_plain_http(tmp_path):
+    cert = TestCA(tmp_path / "pki").client("acme")
+    auth = {"method": "tls_client_auth", "cert_file": str(cert.cert_file), "key_file": str(cert.key_file)}
+    config = base_config("http://as.test/token", clients=[_client_with({"client_auth": auth})])
+    result = _check_config(tmp_path, config)
+    assert result.returncode == 1
+    assert "clients[0].upstream.client_auth: method tls_client_auth needs an https upstream.token_url" in result.stderr
 
 
 def test_check_config_accepts_every_method_and_masks_secrets(tmp_path):

@@ -283,12 +283,14 @@ class AuthlibAS(AuthorizationServer):  # type: ignore[misc]
         subjects: Iterable[str] | None = None,
         extra_audiences: Iterable[str] = (),
         issue_refresh_token: bool = False,
+        delay: float = 0.0,
     ) -> None:
         super().__init__(scopes_supported=list(scopes_supported) if scopes_supported is not None else None)
         self.tls = tls
         self.subjects = set(subjects) if subjects is not None else None
         self.extra_audiences = list(extra_audiences)
         self.issue_refresh_token = issue_refresh_token
+        self.delay = delay  # seconds to sit on every token request before answering
         self.clients: dict[str, RegisteredClient] = {}
         self.trusted_issuers: dict[str, str] = {}
         self.records: list[Record] = []
@@ -411,6 +413,8 @@ class AuthlibAS(AuthorizationServer):  # type: ignore[misc]
             peer_port=peername[1] if peername else None,
         )
         self.records.append(record)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         oauth_request = _Request(request.method, str(request.url), request.headers, form, certificate, record)
         # Authlib is synchronous and may fetch the gateway's JWKS over HTTP: keep the event loop free.
         status, document, headers = await asyncio.to_thread(self._token_sync, oauth_request)
