@@ -88,6 +88,7 @@ class Reason(enum.Enum):
     # stages 15-17: upstream
     UPSTREAM_UNREACHABLE = ("upstream_unreachable", Row.UPSTREAM_UNAVAILABLE)
     UPSTREAM_SHED = ("upstream_shed", Row.UPSTREAM_UNAVAILABLE)
+    UPSTREAM_CIRCUIT_OPEN = ("upstream_circuit_open", Row.UPSTREAM_UNAVAILABLE)
     UPSTREAM_TIMEOUT = ("upstream_timeout", Row.UPSTREAM_TIMEOUT)
     UPSTREAM_BAD_RESPONSE = ("upstream_bad_response", Row.UPSTREAM_UNAVAILABLE)
     UPSTREAM_REJECTED_CREDENTIALS = ("upstream_rejected_credentials", Row.UPSTREAM_REJECTED_CREDENTIALS)

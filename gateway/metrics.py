@@ -62,6 +62,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.upstream_circuit_open = Gauge(
+            "bearer_gateway_upstream_circuit_open",
+            "1 while the circuit breaker to the authorization server is open.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.rate_limit_decisions = Counter(
             "bearer_gateway_rate_limit_decisions_total",
             "Rate-limit decisions by limit and decision (allowed, limited).",

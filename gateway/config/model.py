@@ -58,6 +58,11 @@ class UpstreamTLS(Section):
     verify: bool = True
 
 
+class CircuitBreakerSettings(Section):
+    failures: int = Field(5, ge=1)
+    open_for: Duration = 10.0
+
+
 class Upstream(Section):
     token_url: AnyHttpUrl
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
@@ -65,6 +70,7 @@ class Upstream(Section):
     max_in_flight: int = Field(200, ge=1)
     tls: UpstreamTLS = UpstreamTLS()
     retry_after: Duration = 5.0
+    circuit_breaker: CircuitBreakerSettings | None = CircuitBreakerSettings()
 
 
 class Limits(Section):

@@ -14,6 +14,7 @@ from yarl import URL
 from gateway.config.model import Upstream
 from gateway.errors import Reason, Rejection
 from gateway.metrics import metrics
+from gateway.upstream.circuit import CircuitBreaker
 
 # RFC 9110 §7.6.1: hop-by-hop fields are meaningful for one connection only and never forwarded.
 HOP_BY_HOP = frozenset(
@@ -76,12 +77,13 @@ def ssl_context(settings: Upstream, cert_file: str | None = None, key_file: str 
 
 
 class InFlight:
-    """Requests sent to the AS and not answered yet, counted across every session to it (stage 15)."""
+    """Stage 15 state shared by every session to the AS: requests not answered yet, and the breaker."""
 
-    __slots__ = ("count",)
+    __slots__ = ("breaker", "count")
 
-    def __init__(self) -> None:
+    def __init__(self, breaker: CircuitBreaker | None = None) -> None:
         self.count = 0
+        self.breaker = breaker
 
 
 class UpstreamClient:
@@ -104,7 +106,10 @@ class UpstreamClient:
         self.origin = self.token_url.origin()
         self._cert = (cert_file, key_file)
         self._session: aiohttp.ClientSession | None = None
-        self.in_flight = in_flight if in_flight is not None else InFlight()
+        if in_flight is None:
+            cb = settings.circuit_breaker
+            in_flight = InFlight(CircuitBreaker(cb.failures, cb.open_for) if cb is not None else None)
+        self.in_flight = in_flight
 
     async def start(self) -> None:
         ssl_arg: ssl.SSLContext | bool = True
@@ -151,6 +156,25 @@ class UpstreamClient:
         if in_flight.count >= self.settings.max_in_flight:
             metrics().upstream_errors.labels("upstream_shed").inc()
             return Rejection(Reason.UPSTREAM_SHED, "upstream_guard", self.settings.retry_after)
+        breaker = in_flight.breaker
+        if breaker is not None:
+            wait = breaker.retry_after()
+            if wait > 0:
+                metrics().upstream_errors.labels("upstream_circuit_open").inc()
+                return Rejection(Reason.UPSTREAM_CIRCUIT_OPEN, "upstream_guard", wait)
+        answer = await self._send(method, url, body, headers)
+        if breaker is not None:
+            breaker.record(isinstance(answer, UpstreamAnswer) and answer.status < 500)
+        return answer
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        body: bytes,
+        headers: CIMultiDict[str],
+    ) -> UpstreamAnswer | Rejection:
+        in_flight = self.in_flight
         in_flight.count += 1
         gauge = metrics().upstream_in_flight
         gauge.inc()
