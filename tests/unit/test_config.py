@@ -168,3 +168,15 @@ def test_check_config_refuses_bad_key_material(tmp_path):
 def test_version():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("bearer-gateway ")
+
+
+def test_example_config_is_valid(tmp_path, monkeypatch):
+    from gateway.jose.signing import generate_private_key_pem
+
+    key = tmp_path / "gw-1.pem"
+    key.write_bytes(generate_private_key_pem("ES256"))
+    text = (Path(__file__).parents[2] / "config" / "gateway.example.yaml").read_text()
+    monkeypatch.setenv("ACME_SECRET", "example-secret")
+    config = load_config(write(tmp_path, text.replace("/etc/bearer-gateway/gw-1.pem", str(key))))
+    assert config.clients[0].upstream.mode == "resign"
+    assert config.upstream.circuit_breaker is not None and config.upstream.circuit_breaker.failures == 5
