@@ -55,33 +55,44 @@ def _retry(decision: Decision) -> float:
     return max(decision.retry_after, 1.0)
 
 
-class PerIPLimit:
+class _BucketCheck:
+    """One limit keyed by something in the request; the limit's name is its stage name."""
+
+    stage: str
+    reason: Reason
+
+    def __init__(self, limiter: Limiter, bucket: Bucket) -> None:
+        self.limiter = limiter
+        self.bucket = bucket
+
+    def key(self, ctx: RequestContext) -> str:
+        raise NotImplementedError
+
+    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+        return await self.limiter.take(self.stage, self.key(ctx), self.bucket, self.reason, self.stage)
+
+
+class PerIPLimit(_BucketCheck):
     """Stage 5: the caller's address (X-Forwarded-For only from trusted proxies)."""
 
     stage = "per_ip"
+    reason = Reason.RATE_LIMITED_IP
 
-    def __init__(self, limiter: Limiter, bucket: Bucket) -> None:
-        self.limiter = limiter
-        self.bucket = bucket
-
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
-        return await self.limiter.take("per_ip", ctx.client_address, self.bucket, Reason.RATE_LIMITED_IP, self.stage)
+    def key(self, ctx: RequestContext) -> str:
+        return ctx.client_address
 
 
-class GlobalLimit:
+class GlobalLimit(_BucketCheck):
     """Stage 5: everything the gateway accepts for processing, all callers together."""
 
     stage = "global"
+    reason = Reason.RATE_LIMITED_GLOBAL
 
-    def __init__(self, limiter: Limiter, bucket: Bucket) -> None:
-        self.limiter = limiter
-        self.bucket = bucket
-
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
-        return await self.limiter.take("global", "all", self.bucket, Reason.RATE_LIMITED_GLOBAL, self.stage)
+    def key(self, ctx: RequestContext) -> str:
+        return "all"
 
 
-class IssuerGuard:
+class IssuerGuard(_BucketCheck):
     """Stage 10: a generous per-issuer budget before the signature is checked (a CPU guard).
 
     A forger can spend it for a real client, which is why it is generous and why the business
@@ -89,16 +100,11 @@ class IssuerGuard:
     """
 
     stage = "per_issuer_unverified"
+    reason = Reason.RATE_LIMITED_ISSUER
 
-    def __init__(self, limiter: Limiter, bucket: Bucket) -> None:
-        self.limiter = limiter
-        self.bucket = bucket
-
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def key(self, ctx: RequestContext) -> str:
         assert ctx.client is not None  # keyed by configured client ids only: bounded
-        return await self.limiter.take(
-            "per_issuer_unverified", ctx.client.client_id, self.bucket, Reason.RATE_LIMITED_ISSUER, self.stage
-        )
+        return ctx.client.client_id
 
 
 class ClientQuota:
@@ -116,5 +122,5 @@ class ClientQuota:
         if bucket is None:
             return None
         return await self.limiter.take(
-            "per_client", ctx.client.client_id, bucket, Reason.CLIENT_QUOTA_EXCEEDED, self.stage
+            self.stage, ctx.client.client_id, bucket, Reason.CLIENT_QUOTA_EXCEEDED, self.stage
         )
