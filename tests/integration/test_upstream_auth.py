@@ -647,6 +647,23 @@ async def test_clients_without_a_certificate_present_none(pki, gateway_factory, 
         await server.stop()
 
 
+async def test_the_as_certificate_is_verified_on_certificate_sessions(pki, gateway_factory):
+    """A client certificate does not switch server verification off: without the CA the AS is not trusted."""
+    server = await _tls_as(pki, require_client_cert=True)
+    try:
+        acme = caller("acme")
+        acme_cert = pki.client("acme")
+        register_caller(server, acme, "tls_client_auth", tls_subject_dn=acme_cert.subject)
+        config = _tls_config(server, pki, [_tls_client(acme, acme_cert)])
+        del config["upstream"]["tls"]
+        gw = await gateway_factory(config)
+        status, document, _ = await gw.token(acme.assertion())
+        assert (status, document["error"]) == (503, "temporarily_unavailable")
+        assert server.records == []
+    finally:
+        await server.stop()
+
+
 async def test_in_flight_cap_counts_every_certificate_session(pki, gateway_factory, tmp_path):
     """Stage 15: upstream.max_in_flight bounds what reaches the AS, whichever session carries it."""
     server = await _tls_as(pki, require_client_cert=False)

@@ -21,7 +21,7 @@ import threading
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -40,7 +40,7 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion, JWTBearerGrant
 from cryptography import x509
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_PATH = "/realms/camara/protocol/openid-connect/token"
@@ -166,7 +166,7 @@ class ClientAssertionAuth(JWTBearerClientAssertion):  # type: ignore[misc]
             return fetch_jwks(client.auth_jwks_uri, self.server)
         if client.auth_jwks is None:
             raise InvalidClientError(description="client has no registered keys")
-        return KeySet.import_key_set(client.auth_jwks)
+        return KeySet.import_key_set(cast(KeySetSerialization, client.auth_jwks))
 
     def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
         try:
@@ -352,7 +352,7 @@ class AuthlibAS(AuthorizationServer):  # type: ignore[misc]
         if isinstance(issuer, str) and issuer in self.trusted_issuers:
             return fetch_jwks(self.trusted_issuers[issuer], self)
         if issuer == client.client_id and client.assertion_jwks is not None:
-            return KeySet.import_key_set(client.assertion_jwks)
+            return KeySet.import_key_set(cast(KeySetSerialization, client.assertion_jwks))
         return None
 
     def _generate_token(
