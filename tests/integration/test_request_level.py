@@ -247,3 +247,18 @@ async def test_readyz_fails_when_upstream_down(gateway_factory):
     async with aiohttp.ClientSession() as session, session.get(gw.admin_url + "/readyz") as response:
         assert response.status == 503
         assert (await response.json())["checks"]["upstream"] is False
+
+
+async def test_slow_headers_connection_is_closed(upstream, gateway_factory):
+    gw = await gateway_factory(base_config(upstream.token_url, limits={"keepalive_timeout": "700ms"}))
+    port = gw.gateway.main_port
+
+    def slow_headers() -> tuple[float, bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"POST {TOKEN_PATH} HTTP/1.1\r\nHost: x\r\n".encode())  # headers never finish
+            started = time.monotonic()
+            return time.monotonic() - started if sock.recv(4096) == b"" else -1.0, b""
+
+    elapsed, _ = await asyncio.to_thread(slow_headers)
+    assert 0.5 < elapsed < 2.0  # closed by the server after keepalive_timeout
+    assert upstream.seen == []
