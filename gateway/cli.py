@@ -168,6 +168,12 @@ def cmd_assertion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kid(value: str) -> str:
+    if not value or len(value) > 128 or not all(c.isalnum() or c in "._:+=-" for c in value):
+        raise argparse.ArgumentTypeError("expected 1-128 characters of A-Z a-z 0-9 . _ : + = -")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bearer-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bearer-gateway {__version__}")
@@ -184,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keygen = sub.add_parser("keygen", help="write a gateway signing key and print its public JWKS")
     keygen.add_argument("--alg", choices=ALGORITHM_CHOICES, default="ES256")
-    keygen.add_argument("--kid", required=True)
+    keygen.add_argument("--kid", required=True, type=_kid)
     keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
     keygen.add_argument("--force", action="store_true")
     keygen.set_defaults(func=cmd_keygen)

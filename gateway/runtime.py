@@ -82,24 +82,24 @@ def load_client_keys(client: Client, at: str, algorithms: frozenset[str], source
     default_alg = _default_rsa_alg(algorithms)
     try:
         if keys.jwks is not None:
-            return KeySet(keys_from_jwks(keys.jwks, source=f"{at}.keys.jwks", default_alg=default_alg))
+            return KeySet(keys_from_jwks(keys.jwks, source="inline JWKS", default_alg=default_alg))
         if keys.jwks_file is not None:
             try:
                 document = json.loads(_read(keys.jwks_file, source))
             except ValueError:
                 raise ConfigError(source, [(f"{at}.keys.jwks_file", f"{keys.jwks_file} is not JSON")]) from None
             return KeySet(
-                keys_from_jwks(document, source=f"{at}.keys.jwks_file {keys.jwks_file}", default_alg=default_alg)
+                keys_from_jwks(document, source=str(keys.jwks_file), default_alg=default_alg)
             )
         if keys.pem is not None:
             return KeySet(
                 key_from_pem(
-                    _read(p.file, source), alg=p.alg, kid=p.kid, source=f"{at}.keys.pem[{i}]", default_alg=default_alg
+                    _read(p.file, source), alg=p.alg, kid=p.kid, source=str(p.file), default_alg=default_alg
                 )
                 for i, p in enumerate(keys.pem)
             )
     except KeyLoadError as exc:
-        raise ConfigError(source, [(f"{at}.keys", str(exc))]) from None
+        raise ConfigError(source, [(f"{at}.keys", f"expected usable public keys: {exc}")]) from None
     assert keys.jwks_uri is not None
     return RemoteJWKSSettings(
         uri=str(keys.jwks_uri),
@@ -120,7 +120,7 @@ def load_gateway_keys(config: GatewayConfig, source: str) -> list[SigningKey]:
                     _read(key.private_key_file, source),
                     alg=key.alg,
                     kid=key.kid,
-                    source=f"gateway.keys[{i}]",
+                    source=str(key.private_key_file),
                 )
             )
         except KeyLoadError as exc:
@@ -189,7 +189,7 @@ class Runtime:
                 _read(auth.private_key_file, source),
                 alg=auth.alg,
                 kid=auth.kid or client.client_id,
-                source=f"{at}.upstream.client_auth.private_key_file",
+                source=str(auth.private_key_file),
             )
         except KeyLoadError as exc:
             raise ConfigError(source, [(f"{at}.upstream.client_auth.private_key_file", str(exc))]) from None

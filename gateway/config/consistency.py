@@ -57,6 +57,14 @@ def check_consistency(config: GatewayConfig) -> list[tuple[str, str]]:
             problems += _file_problem(pem.file, f"{at}.keys.pem[{j}].file")
         upstream = client.upstream
         if upstream.mode == "resign":
+            if upstream.client_auth.method == "none":
+                problems.append(
+                    (
+                        f"{at}.upstream.client_auth.method",
+                        "'resign' needs client authentication: the re-issued assertion's iss is the gateway, "
+                        "so without it the AS cannot tell which client asks; got 'none'",
+                    )
+                )
             if not config.gateway.keys:
                 problems.append(
                     (f"{at}.upstream.mode", "'resign' needs gateway.keys to sign with, and none are configured")

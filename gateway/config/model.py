@@ -213,7 +213,7 @@ class ClientAuth(Section):
 class ClientUpstream(Section):
     mode: Literal["forward", "resign"] = "forward"
     audience: str | None = None
-    lifetime: Duration = 60.0
+    lifetime: Annotated[Duration, Field(ge=1.0, le=300.0)] = 60.0  # the re-issued assertion: short-lived
     copy_claims: tuple[str, ...] = ("scope",)
     subject_map: dict[str, str] = {}
     scope_parameter: bool = False

@@ -717,10 +717,20 @@ def _inconsistent_cases(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[
     not_a_key = tmp_path / "not-a-key.pem"
     not_a_key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     secret = secret_ref(tmp_path, "acme", "s")
+    basic = {"method": "client_secret_basic", "secret": secret}
     at = "clients[0].upstream"
     return {
-        "resign without gateway keys": ({"mode": "resign", "audience": "https://as.test"}, {}, f"{at}.mode"),
-        "resign without audience": ({"mode": "resign"}, {"keys": [gw_key]}, f"{at}.audience"),
+        "resign without gateway keys": (
+            {"mode": "resign", "audience": "https://as.test", "client_auth": basic},
+            {},
+            f"{at}.mode",
+        ),
+        "resign without audience": ({"mode": "resign", "client_auth": basic}, {"keys": [gw_key]}, f"{at}.audience"),
+        "resign without client authentication": (
+            {"mode": "resign", "audience": "https://as.test"},
+            {"keys": [gw_key]},
+            f"{at}.client_auth.method",
+        ),
         "basic without secret": ({"client_auth": {"method": "client_secret_basic"}}, {}, f"{at}.client_auth.secret"),
         "post without secret": ({"client_auth": {"method": "client_secret_post"}}, {}, f"{at}.client_auth.secret"),
         "private_key_jwt without a key": (
@@ -791,7 +801,7 @@ def _inconsistent_cases(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[
             f"{at}.client_auth",
         ),
         "gateway key of the wrong type": (
-            {"mode": "resign", "audience": "https://as.test"},
+            {"mode": "resign", "audience": "https://as.test", "client_auth": basic},
             {"keys": [{**gw_key, "alg": "EdDSA"}]},
             "gateway.keys[0]",
         ),
@@ -806,6 +816,7 @@ def _inconsistent_cases(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[
 CASE_NAMES = [
     "resign without gateway keys",
     "resign without audience",
+    "resign without client authentication",
     "basic without secret",
     "post without secret",
     "private_key_jwt without a key",
