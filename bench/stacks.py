@@ -1,0 +1,46 @@
+"""Summarise py-spy's raw (collapsed) stacks: where a process spends its samples, by function."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _name(frame: str) -> str:
+    """`func (path/to/file.py:12)` → `func (path/to/file.py)`: one row per function, not per line."""
+    match = _FRAME.match(frame.strip())
+    if not match:
+        return frame.strip()
+    path = match.group("file")
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{match.group('func')} ({path})"
+
+
+def summarise(raw: Path, top: int = 15) -> dict[str, object]:
+    """Self and inclusive sample shares per function, highest first."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_name(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    share = (lambda n: round(100.0 * n / total, 1)) if total else (lambda n: 0.0)
+    return {
+        "samples": total,
+        "self": [(name, share(n)) for name, n in own.most_common(top)],
+        "inclusive": [(name, share(n)) for name, n in inclusive.most_common(top * 3)],
+    }
