@@ -147,8 +147,8 @@ def main():
     def grant(assertion, **extra):
         return {"grant_type": GRANT, "assertion": assertion, **extra}
 
-    def fed_auth(aud=realm, sub=PKJWT_CLIENT, jti=None, life=60, key=None):
-        ca = (key or gw_key).sign(claims(gw, aud, sub, life=life, jti=jti))
+    def fed_auth(aud=realm, sub=PKJWT_CLIENT, jti=None, life=60, key=None, iat_offset=0):
+        ca = (key or gw_key).sign(claims(gw, aud, sub, life=life, jti=jti, iat=int(time.time()) + iat_offset))
         return {"client_assertion_type": CA_TYPE, "client_assertion": ca}
 
     t0 = time.time()
@@ -178,6 +178,9 @@ def main():
     run("federated_jwt_wrong_sub", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(sub="someone-else")))
     run("federated_jwt_bad_signature", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(key=rogue_key)))
     run("federated_jwt_lifetime_600", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=600)))
+    run("federated_jwt_iat_310s_ago", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=370, iat_offset=-310)))
+    run("federated_jwt_iat_200s_ago", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=260, iat_offset=-200)))
+    run("federated_jwt_client_id_mismatch", grant(gw_key.sign(claims(gw, realm, USER2)), client_id=SECRET_CLIENT, **fed_auth()))
     ca_jti = str(uuid.uuid4())
     run("federated_jwt_first_use", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(jti=ca_jti)))
     run("federated_jwt_replayed_client_assertion", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(jti=ca_jti)))
