@@ -491,6 +491,13 @@ async def test_every_dashboard_query_runs_in_prometheus(upstream, gateway_proces
     empty = []
     for where, expr in dashboard_expressions():
         if where.startswith("variable"):
+            # label_values(selector, label): the selector must find series carrying that label.
+            match = re.fullmatch(r"label_values\((.+),\s*(\w+)\s*\)", expr.strip())
+            assert match, f"{where}: {expr}"
+            selector = match.group(1).replace("$job", ".+")
+            values = await prom.values(f"count by ({match.group(2)}) ({selector})", (match.group(2),))
+            expected = JOB if match.group(2) == "job" else gw.admin
+            assert (expected,) in values, f"{where} offers {sorted(values)}"
             continue
         query = expr
         for variable, value in substitutions.items():
