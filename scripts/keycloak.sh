@@ -107,7 +107,12 @@ EOF
 
 use_aot() { [ -z "${BG_KC_NO_AOT:-}" ] && [ "$JAVA_MAJOR" -ge 25 ]; }
 
-stamp() { echo "keycloak=$KC_VERSION java=$JAVA_HOME major=$JAVA_MAJOR build=${BUILD_OPTS[*]}"; }
+stamp() {
+    local rt=""
+    [ -f "$JAVA_HOME/release" ] && rt=$(sed -n 's/^JAVA_RUNTIME_VERSION="\(.*\)"/\1/p' "$JAVA_HOME/release" | head -1)
+    echo "keycloak=$KC_VERSION java=$JAVA_HOME runtime=${rt:-$JAVA_MAJOR} build=${BUILD_OPTS[*]}"
+}
+installed() { [ -f "$BG_DIR/installed" ] && [ "$(cat "$BG_DIR/installed")" = "$(stamp)" ]; }
 
 # A run home: everything read-only is a symlink to the cached install, data/ is private.
 prepare_run_home() { # $1 = dir
@@ -157,15 +162,24 @@ stop_group() { # $1 pid (a session leader started with setsid)
 }
 
 do_install() {
-    mkdir -p "$BG_CACHE/dl"
-    exec 9>"$BG_CACHE/.keycloak-install.lock"
-    flock 9
     pick_java
-    local want; want="$(stamp)"
-    if [ -f "$BG_DIR/installed" ] && [ "$(cat "$BG_DIR/installed")" = "$want" ]; then
+    if installed; then
         echo "$KC_HOME"
         return 0
     fi
+    mkdir -p "$BG_CACHE/dl"
+    # One installer at a time; the lock is released when this (sub)shell exits, so a Keycloak
+    # exec'd later by `start` never holds it.
+    (
+        flock 9
+        installed || do_install_locked
+    ) 9>"$BG_CACHE/.keycloak-install.lock"
+    installed || die "install did not complete"
+    echo "$KC_HOME"
+}
+
+do_install_locked() {
+    local want; want="$(stamp)"
     local t0=$SECONDS
     if [ ! -f "$KC_HOME/bin/kc.sh" ]; then
         if [ ! -f "$KC_ZIP" ]; then
@@ -236,7 +250,6 @@ do_install() {
     fi
     echo "$want" >"$BG_DIR/installed"
     log "installed in $((SECONDS - t0)) s"
-    echo "$KC_HOME"
 }
 
 do_start() {
@@ -244,9 +257,7 @@ do_start() {
     local http="$1" mgmt="$2" run="$3"
     shift 3
     pick_java
-    if [ ! -f "$BG_DIR/installed" ] || [ "$(cat "$BG_DIR/installed")" != "$(stamp)" ]; then
-        do_install >/dev/null
-    fi
+    installed || do_install >/dev/null
     mkdir -p "$run"
     run="$(cd "$run" && pwd)"
     prepare_run_home "$run"

@@ -56,7 +56,10 @@ CLIENT_ASSERTION_IDP_ALIAS = "bearer-gateway-clients"   # oidc provider: trusts 
 SECRET_CLIENT_ID = "camara-app-secret"     # client-secret authenticator
 SECRET_CLIENT_SECRET = "camara-app-secret-TEST-ONLY-not-a-real-secret"
 PKJWT_CLIENT_ID = "camara-app-pkjwt"       # federated-jwt authenticator (client assertion signed by the gateway key)
-USERS = ("tel:+34600000001", "tel:+34600000002")   # username == federated userId == assertion sub
+# Subscribers: the assertion sub (= the federated identity userId of the link to IDP_ALIAS) and the
+# Keycloak username (= preferred_username in the access token). The admin API refuses ':' in usernames.
+USERS = ("tel:+34600000001", "tel:+34600000002")
+USERNAMES = {"tel:+34600000001": "+34600000001", "tel:+34600000002": "+34600000002"}
 SCOPES = ("dpv:FraudPreventionAndDetection", "sim-swap:check", "sim-swap:retrieve-date")
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
