@@ -45,7 +45,7 @@ class Metrics:
         )
         self.upstream_responses = Counter(
             "bearer_gateway_upstream_responses_total",
-            "Authorization server answers by HTTP status class and status.",
+            "Authorization server answers by HTTP status.",
             ["status"],
             registry=registry,
         )
@@ -120,6 +120,9 @@ class Metrics:
             multiprocess_mode="all",
         )
         self.build.labels(__version__).set(1)
+        # Counters that appear only on their first event would be invisible to increase() then.
+        for outcome in ("ok", "refused"):
+            self.config_reloads.labels(outcome)
 
 
 _metrics: Metrics | None = None

@@ -159,6 +159,8 @@ class Runtime:
             if auth.method == "tls_client_auth":
                 assert auth.cert_file is not None and auth.key_file is not None
                 upstream = self._upstream_for_cert(str(auth.cert_file), str(auth.key_file), source, at)
+            if auth.method != "none":
+                metrics().misconfigurations.labels(client.client_id)  # present at 0 from the start
             self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
         self.limiter = Limiter(self.state, config.state.redis.on_error)
         self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.state, self.limiter)
@@ -171,6 +173,8 @@ class Runtime:
     def _remote_jwks(self, client: Client, settings: RemoteJWKSSettings, at: str) -> RemoteJWKS:
         counter = metrics().jwks_fetches
         client_id = client.client_id
+        for outcome in ("ok", "error"):
+            counter.labels(client_id, outcome)  # present at 0 from the start, for increase()
         remote = RemoteJWKS(
             settings, source=f"{at}.keys.jwks_uri", on_fetch=lambda outcome: counter.labels(client_id, outcome).inc()
         )
