@@ -9,6 +9,7 @@ PyJWT and records what Keycloak's token endpoint answers (status + JSON body) fo
 
 Throwaway test credentials only (admin/admin, the realm's test client secret).
 """
+
 import argparse
 import base64
 import http.server
@@ -42,8 +43,15 @@ class Key:
         self.kid = kid
         self.priv = ec.generate_private_key(ec.SECP256R1())
         n = self.priv.public_key().public_numbers()
-        self.jwk = {"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-                    "x": b64u(n.x.to_bytes(32, "big")), "y": b64u(n.y.to_bytes(32, "big"))}
+        self.jwk = {
+            "kty": "EC",
+            "crv": "P-256",
+            "kid": kid,
+            "use": "sig",
+            "alg": "ES256",
+            "x": b64u(n.x.to_bytes(32, "big")),
+            "y": b64u(n.y.to_bytes(32, "big")),
+        }
 
     def sign(self, claims, **headers):
         h = {"kid": self.kid, "typ": "JWT"}
@@ -70,8 +78,11 @@ def serve_jwks(keys, port):
 
 
 def post(url, form, headers=None):
-    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(),
-                                 headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read() or b"null")
@@ -99,21 +110,29 @@ def summarize(status, body):
     if isinstance(body, dict) and "access_token" in body:
         at = jwt.decode(body["access_token"], options={"verify_signature": False})
         rest = {k: v for k, v in body.items() if k != "access_token"}
-        return {"status": status, "body": rest | {"access_token": "<jwt>"},
-                "access_token_claims": {k: at.get(k) for k in ("iss", "sub", "azp", "aud", "scope", "preferred_username", "typ", "exp", "iat")}}
+        return {
+            "status": status,
+            "body": rest | {"access_token": "<jwt>"},
+            "access_token_claims": {
+                k: at.get(k) for k in ("iss", "sub", "azp", "aud", "scope", "preferred_username", "typ", "exp", "iat")
+            },
+        }
     return {"status": status, "body": body}
 
 
 def admin_token(kc):
-    s, b = post(kc + "/realms/master/protocol/openid-connect/token",
-                {"grant_type": "password", "client_id": "admin-cli", "username": "admin", "password": "admin"})
+    _s, b = post(
+        kc + "/realms/master/protocol/openid-connect/token",
+        {"grant_type": "password", "client_id": "admin-cli", "username": "admin", "password": "admin"},
+    )
     return b["access_token"]
 
 
 def events(kc, **query):
     q = urllib.parse.urlencode({"max": 1000, **query})
-    req = urllib.request.Request(f"{kc}/admin/realms/camara/events?{q}",
-                                 headers={"Authorization": "Bearer " + admin_token(kc)})
+    req = urllib.request.Request(
+        f"{kc}/admin/realms/camara/events?{q}", headers={"Authorization": "Bearer " + admin_token(kc)}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -130,11 +149,11 @@ def main():
     realm = kc + "/realms/camara"
     tok = realm + "/protocol/openid-connect/token"
     gw = f"http://127.0.0.1:{a.gateway_port}"
-    gw_key = Key("gw-" + uuid.uuid4().hex[:8])   # unique kid: Keycloak caches keys by kid
+    gw_key = Key("gw-" + uuid.uuid4().hex[:8])  # unique kid: Keycloak caches keys by kid
     keys = [gw_key]
     srv = serve_jwks(keys, a.gateway_port)
-    client_key = Key("client-1")   # a CAMARA client's own key (Keycloak does not know it)
-    rogue_key = Key(gw_key.kid)    # same kid as the gateway key, different key
+    client_key = Key("client-1")  # a CAMARA client's own key (Keycloak does not know it)
+    rogue_key = Key(gw_key.kid)  # same kid as the gateway key, different key
     sec = basic(SECRET_CLIENT, SECRET)
     res = {}
 
@@ -159,28 +178,52 @@ def main():
     run("ok_secret_post", grant(gw_key.sign(claims(gw, realm, USER1)), client_id=SECRET_CLIENT, client_secret=SECRET))
     run("ok_federated_jwt", grant(gw_key.sign(claims(gw, realm, USER2)), client_id=PKJWT_CLIENT, **fed_auth()))
     run("ok_federated_jwt_without_client_id", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth()))
-    run("ok_scope_param", grant(gw_key.sign(claims(gw, realm, USER1)),
-                                scope="dpv:FraudPreventionAndDetection sim-swap:check"), sec)
-    run("scope_claim_in_assertion_only", grant(gw_key.sign(claims(gw, realm, USER1,
-                                              scope="dpv:FraudPreventionAndDetection sim-swap:check"))), sec)
+    run(
+        "ok_scope_param",
+        grant(gw_key.sign(claims(gw, realm, USER1)), scope="dpv:FraudPreventionAndDetection sim-swap:check"),
+        sec,
+    )
+    run(
+        "scope_claim_in_assertion_only",
+        grant(gw_key.sign(claims(gw, realm, USER1, scope="dpv:FraudPreventionAndDetection sim-swap:check"))),
+        sec,
+    )
     run("ok_lifetime_300", grant(gw_key.sign(claims(gw, realm, USER1, life=300))), sec)
     # --- the plain CAMARA request (client-signed, no client authentication)
-    camara = client_key.sign(claims(SECRET_CLIENT, "https://gateway.example.com/oauth2/token", USER1,
-                                    scope="dpv:FraudPreventionAndDetection sim-swap:check"))
+    camara = client_key.sign(
+        claims(
+            SECRET_CLIENT,
+            "https://gateway.example.com/oauth2/token",
+            USER1,
+            scope="dpv:FraudPreventionAndDetection sim-swap:check",
+        )
+    )
     run("camara_plain_no_client_auth", grant(camara))
     run("camara_plain_client_id_only", grant(camara, client_id=SECRET_CLIENT))
     run("camara_plain_with_client_secret", grant(camara), sec)
     # --- client authentication faults
     run("wrong_client_secret", grant(gw_key.sign(claims(gw, realm, USER1))), basic(SECRET_CLIENT, "wrong"))
-    run("wrong_client_secret_post", grant(gw_key.sign(claims(gw, realm, USER1)), client_id=SECRET_CLIENT, client_secret="wrong"))
+    run(
+        "wrong_client_secret_post",
+        grant(gw_key.sign(claims(gw, realm, USER1)), client_id=SECRET_CLIENT, client_secret="wrong"),
+    )
     run("unknown_client", grant(gw_key.sign(claims(gw, realm, USER1))), basic("no-such-client", "x"))
     run("federated_jwt_aud_token_endpoint", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(aud=tok)))
     run("federated_jwt_wrong_sub", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(sub="someone-else")))
     run("federated_jwt_bad_signature", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(key=rogue_key)))
     run("federated_jwt_lifetime_600", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=600)))
-    run("federated_jwt_iat_310s_ago", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=370, iat_offset=-310)))
-    run("federated_jwt_iat_200s_ago", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=260, iat_offset=-200)))
-    run("federated_jwt_client_id_mismatch", grant(gw_key.sign(claims(gw, realm, USER2)), client_id=SECRET_CLIENT, **fed_auth()))
+    run(
+        "federated_jwt_iat_310s_ago",
+        grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=370, iat_offset=-310)),
+    )
+    run(
+        "federated_jwt_iat_200s_ago",
+        grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(life=260, iat_offset=-200)),
+    )
+    run(
+        "federated_jwt_client_id_mismatch",
+        grant(gw_key.sign(claims(gw, realm, USER2)), client_id=SECRET_CLIENT, **fed_auth()),
+    )
     ca_jti = str(uuid.uuid4())
     run("federated_jwt_first_use", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(jti=ca_jti)))
     run("federated_jwt_replayed_client_assertion", grant(gw_key.sign(claims(gw, realm, USER2)), **fed_auth(jti=ca_jti)))
@@ -194,7 +237,11 @@ def main():
     run("lifetime_600", grant(gw_key.sign(claims(gw, realm, USER1, life=600))), sec)
     run("iat_in_future", grant(gw_key.sign(claims(gw, realm, USER1, iat=now + 60))), sec)
     run("no_iat", grant(gw_key.sign({k: v for k, v in claims(gw, realm, USER1).items() if k != "iat"})), sec)
-    run("no_iat_exp_in_400s", grant(gw_key.sign({k: v for k, v in claims(gw, realm, USER1, life=400).items() if k != "iat"})), sec)
+    run(
+        "no_iat_exp_in_400s",
+        grant(gw_key.sign({k: v for k, v in claims(gw, realm, USER1, life=400).items() if k != "iat"})),
+        sec,
+    )
     run("iat_310s_ago_exp_in_60s", grant(gw_key.sign(claims(gw, realm, USER1, iat=now - 310, life=370))), sec)
     run("iat_290s_ago_exp_in_60s", grant(gw_key.sign(claims(gw, realm, USER1, iat=now - 290, life=350))), sec)
     run("nbf_in_future", grant(gw_key.sign(claims(gw, realm, USER1, nbf=now + 60))), sec)
@@ -217,12 +264,21 @@ def main():
     jti = str(uuid.uuid4())
     run("subject_without_user_then", grant(gw_key.sign(claims(gw, realm, "tel:+34600000099", jti=jti))), sec)
     run("same_jti_known_user_after_no_user", grant(gw_key.sign(claims(gw, realm, USER1, jti=jti))), sec)
-    run("invalid_scope_param", grant(gw_key.sign(claims(gw, realm, USER1)), scope="dpv:FraudPreventionAndDetection nope:x"), sec)
+    run(
+        "invalid_scope_param",
+        grant(gw_key.sign(claims(gw, realm, USER1)), scope="dpv:FraudPreventionAndDetection nope:x"),
+        sec,
+    )
     run("not_a_jwt", grant("abc.def"), sec)
     run("missing_assertion", {"grant_type": GRANT}, sec)
     hs = jwt.encode(claims(gw, realm, USER1), "k" * 32, algorithm="HS256", headers={"kid": "gw-1"})
     run("alg_hs256", grant(hs), sec)
-    none = b64u(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + "." + b64u(json.dumps(claims(gw, realm, USER1)).encode()) + "."
+    none = (
+        b64u(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+        + "."
+        + b64u(json.dumps(claims(gw, realm, USER1)).encode())
+        + "."
+    )
     run("alg_none", grant(none), sec)
     res["_elapsed_s"] = round(time.time() - t0, 2)
 
@@ -234,7 +290,7 @@ def main():
         run("rotated_kid_right_after_a_fetch", grant(new_key.sign(claims(gw, realm, USER1))), sec)
         time.sleep(11)
         run("rotated_kid_11s_later", grant(new_key.sign(claims(gw, realm, USER1))), sec)
-        same_kid = Key(gw_key.kid)   # new key material under an already cached kid
+        same_kid = Key(gw_key.kid)  # new key material under an already cached kid
         keys[:] = [same_kid, new_key]
         time.sleep(11)
         run("new_key_same_kid_11s_later", grant(same_kid.sign(claims(gw, realm, USER1))), sec)

@@ -29,6 +29,7 @@ Every credential here is a throwaway test value.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -98,7 +99,7 @@ def tool_status() -> str | None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def free_port_pair() -> tuple[int, int]:
@@ -234,7 +235,7 @@ class KeycloakProcess:
                 if r.status != 200:
                     return False
             with urllib.request.urlopen(self.issuer, timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
@@ -244,24 +245,18 @@ class KeycloakProcess:
     def stop(self, timeout: float = 30.0) -> None:
         """Terminate the whole process group (kc.sh and its java), then remove the run directory."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=10)
         if self.proc is not None:
             # the java child can outlive kc.sh for a moment; make sure the group is gone
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         self.proc = None
         self._cleanup()
 
@@ -295,8 +290,9 @@ class KeycloakProcess:
         )
         if status != 200 or not isinstance(body, dict):
             raise KeycloakError(f"admin token: {status} {body}")
-        self._admin_token = (body["access_token"], now + max(5, int(body.get("expires_in", 60)) - 10))
-        return body["access_token"]
+        token = str(body["access_token"])
+        self._admin_token = (token, now + max(5, int(body.get("expires_in", 60)) - 10))
+        return token
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
         """Call the admin REST API (path relative to /admin/realms/camara unless it starts with /)."""
