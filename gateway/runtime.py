@@ -153,7 +153,7 @@ class Runtime:
             )
             auth = client.upstream.client_auth
             auth_key = self._client_auth_key(client, at, signer, source)
-            injected = InjectedAuth(auth, client.client_id, token_url, auth_key)
+            injected = InjectedAuth(auth, client.client_id, token_url, auth_key, config.gateway.issuer)
             builder = UpstreamRequestBuilder(client.upstream, injected, config.gateway.issuer, signer)
             upstream = self.upstream
             if auth.method == "tls_client_auth":

@@ -92,6 +92,13 @@ def check_consistency(config: GatewayConfig) -> list[tuple[str, str]]:
                 )
             if auth.use_gateway_key and not config.gateway.keys:
                 problems.append((f"{auth_at}.use_gateway_key", "needs gateway.keys, and none are configured"))
+            if auth.assertion_issuer == "gateway" and not auth.use_gateway_key:
+                problems.append(
+                    (
+                        f"{auth_at}.assertion_issuer",
+                        "'gateway' needs use_gateway_key: true (the gateway's key signs what the gateway issues)",
+                    )
+                )
             if auth.private_key_file is not None and auth.alg is None:
                 problems.append((f"{auth_at}.alg", "private_key_file needs alg (RS256, PS256, ES256 or EdDSA)"))
             problems += _file_problem(auth.private_key_file, f"{auth_at}.private_key_file")

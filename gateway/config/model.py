@@ -206,6 +206,9 @@ class ClientAuth(Section):
     alg: Algorithm | None = None
     kid: str | None = None
     audience: str | None = None  # aud of the client assertion; default the AS token URL
+    # iss of the client assertion: the AS client id (RFC 7523 §2.2), or gateway.issuer for a
+    # federated credential the gateway issues about the client (Keycloak's federated-jwt).
+    assertion_issuer: Literal["client_id", "gateway"] = "client_id"
     cert_file: Path | None = None
     key_file: Path | None = None
 

@@ -25,12 +25,20 @@ class InjectedAuth:
     """One client's upstream credentials, prepared once; `apply` adds them to a request."""
 
     def __init__(
-        self, auth: ClientAuth, default_client_id: str, token_url: str, signing_key: SigningKey | None
+        self,
+        auth: ClientAuth,
+        default_client_id: str,
+        token_url: str,
+        signing_key: SigningKey | None,
+        gateway_issuer: str = "",
     ) -> None:
         self.method = auth.method
         self.client_id = auth.client_id or default_client_id
         self.audience = auth.audience or token_url
         self.signing_key = signing_key
+        # RFC 7523 §3: a client's own assertion has iss = sub = client_id. A federated credential
+        # (Keycloak's federated-jwt) is issued by the gateway about the client: iss = gateway issuer.
+        self.assertion_issuer = gateway_issuer if auth.assertion_issuer == "gateway" else None
         self._secret = auth.secret.get() if auth.secret is not None else None
         self._basic: str | None = None
         if self.method == "client_secret_basic":
@@ -61,7 +69,7 @@ class InjectedAuth:
         now = int(time.time())
         # RFC 7523 §3: iss = sub = client_id, aud = the AS (token URL or issuer), unique jti, short exp.
         claims = {
-            "iss": self.client_id,
+            "iss": self.assertion_issuer or self.client_id,
             "sub": self.client_id,
             "aud": self.audience,
             "jti": uuid.uuid4().hex,
