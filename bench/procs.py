@@ -51,15 +51,27 @@ def pinned(cmd: Sequence[str], cpus: str | None) -> list[str]:
 class Proc:
     """A child process in its own session, with its output in a log file."""
 
-    def __init__(self, name: str, cmd: Sequence[str], workdir: Path, *, stdout: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        workdir: Path,
+        *,
+        stdout: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.log = workdir / f"{name}.log"
         out = open(stdout or self.log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         err = open(self.log, "ab")  # noqa: SIM115
         self.popen = subprocess.Popen(
-            list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
-            cwd=ROOT, env={**os.environ, **(env or {})},
+            list(cmd),
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
         out.close()
         err.close()
@@ -156,8 +168,21 @@ def start_redis(workdir: Path, cpus: str | None) -> tuple[Proc, int] | str:
     port = free_port()
     home = workdir / "redis"
     home.mkdir(exist_ok=True)
-    cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-           "--dir", str(home), "--protected-mode", "yes"]
+    cmd = [
+        server,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(home),
+        "--protected-mode",
+        "yes",
+    ]
     proc = Proc("redis", pinned(cmd, cpus), workdir)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.assertions import mint_bodies, unknown_issuer_bodies, write_bodies
@@ -31,22 +30,53 @@ def profile(bench: Bench, seconds: float = 6.0) -> dict[str, Any]:
     try:
         rs = bench.clients["rs"]
         cases = [
-            ("accept path, RS256, memory state", write_bodies(bench.workdir / "profile-accept.txt",
-                                                              mint_bodies(rs, int(seconds * 3000) + 2000)), 200, True),
-            ("cheap reject, unknown iss", write_bodies(bench.workdir / "profile-reject.txt",
-                                                       unknown_issuer_bodies(2000)), 401, False),
+            (
+                "accept path, RS256, memory state",
+                write_bodies(bench.workdir / "profile-accept.txt", mint_bodies(rs, int(seconds * 3000) + 2000)),
+                200,
+                True,
+            ),
+            (
+                "cheap reject, unknown iss",
+                write_bodies(bench.workdir / "profile-reject.txt", unknown_issuer_bodies(2000)),
+                401,
+                False,
+            ),
         ]
         for name, bodies, expected, once in cases:
             raw = bench.workdir / f"profile-{expected}.raw"
             # --nonblocking: sample without pausing the gateway, so the profile does not slow what it measures.
             sampler = subprocess.Popen(
-                [spy, "record", "--pid", str(server.proc.pid), "--duration", str(int(seconds)), "--rate", "250",
-                 "--format", "raw", "--output", str(raw), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(server.proc.pid),
+                    "--duration",
+                    str(int(seconds)),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             time.sleep(0.5)
-            result = run_wrk(server.url, bodies, duration=seconds + 1, connections=32, expected_status=expected,
-                             once=once, workdir=bench.workdir, cpus=bench.load_cpus)
+            result = run_wrk(
+                server.url,
+                bodies,
+                duration=seconds + 1,
+                connections=32,
+                expected_status=expected,
+                once=once,
+                workdir=bench.workdir,
+                cpus=bench.load_cpus,
+            )
             _, err = sampler.communicate(timeout=30)
             if not raw.exists():
                 return {"status": f"not available: py-spy failed: {err.strip()[-300:]}"}

@@ -59,7 +59,7 @@ def machine() -> dict[str, Any]:
 
 def _fmt(value: Any, digits: int = 0) -> str:
     if value is None:
-        return "–"
+        return "-"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return str(value)
@@ -70,14 +70,16 @@ def _result_cell(sc: dict[str, Any]) -> str:
         return sc["status"]
     s = sc["summary"]
     if sc["metric"] == "p99 added":
-        return (f"p99 {s['p99_added_ms']:+.2f} ms, p50 {s['p50_added_ms']:+.2f} ms "
-                f"(rounds {', '.join(f'{x:+.2f}' for x in s['p99_added_per_round_ms'])})")
+        return (
+            f"p99 {s['p99_added_ms']:+.2f} ms, p50 {s['p50_added_ms']:+.2f} ms "
+            f"(rounds {', '.join(f'{x:+.2f}' for x in s['p99_added_per_round_ms'])})"
+        )
     rounds = ", ".join(f"{r:.2f}" for r in s["ratios"])
     return f"**{s['ratio']:.2f}** ({rounds})"
 
 
 def _met(sc: dict[str, Any]) -> str:
-    return {True: "yes", False: "**no**", None: "–"}[sc["met"]]
+    return {True: "yes", False: "**no**", None: "-"}[sc["met"]]
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -96,16 +98,19 @@ def markdown(data: dict[str, Any]) -> str:
         f"Runs: {st['duration']:.0f} s each after a {st['warmup']:.0f} s warm-up per server, {st['rounds']} rounds "
         f"alternated (A B, B A, …), {st['connections']} connections (paced runs {st['paced_connections']}), "
         f"one wrk thread. Placement: {data['placement']}. Ratios are A/B of requests per second that got the "
-        "expected status; the cell shows the median and, in brackets, each round.",
+        "expected status; the cell shows the median and, in brackets, each round. CPU µs/req: CPU time of the "
+        "server process (and its workers) per answered request, from /proc — steadier than req/s on a shared machine.",
         "",
-        "| # | scenario | A (measured) | B (reference) | A req/s | B req/s | A p99 ms | B p99 ms | result A/B | target | met |",
-        "|---|---|---|---|---:|---:|---:|---:|---|---|---|",
+        "| # | scenario | A (measured) | B (reference) | A req/s | B req/s | A p99 ms | B p99 ms "
+        "| A CPU µs/req | B CPU µs/req | result A/B | target | met |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for sc in data["scenarios"]:
         s = sc["summary"]
         lines.append(
             f"| {sc['id']} | {sc['title']} | {sc['a']} | {sc['b']} | {_fmt(s.get('a_rps'))} | {_fmt(s.get('b_rps'))} | "
-            f"{_fmt(s.get('a_p99_ms'), 2)} | {_fmt(s.get('b_p99_ms'), 2)} | {_result_cell(sc)} | {sc['target']} | "
+            f"{_fmt(s.get('a_p99_ms'), 2)} | {_fmt(s.get('b_p99_ms'), 2)} | {_fmt(s.get('a_cpu_us'))} | "
+            f"{_fmt(s.get('b_cpu_us'))} | {_result_cell(sc)} | {sc['target']} | "
             f"{_met(sc)} |"
         )
     notes = [(sc["id"], n) for sc in data["scenarios"] for n in sc.get("notes", [])]
@@ -138,8 +143,12 @@ def markdown(data: dict[str, Any]) -> str:
         if profile.get("status", "ok") != "ok":
             lines.append(profile["status"])
         for name, prof in profile.get("paths", {}).items():
-            lines += [f"**{name}** — {prof['samples']} samples; share of the gateway process's busy samples:", "",
-                      "| function (self time) | % | function (inclusive) | % |", "|---|---:|---|---:|"]
+            lines += [
+                f"**{name}** — {prof['samples']} samples; share of the gateway process's busy samples:",
+                "",
+                "| function (self time) | % | function (inclusive) | % |",
+                "|---|---:|---|---:|",
+            ]
             incl = [row for row in prof["inclusive"] if not row[0].startswith(_FRAMEWORK_ROOTS)][:12]
             for i in range(max(len(prof["self"][:12]), len(incl))):
                 own = prof["self"][i] if i < len(prof["self"][:12]) else ("", "")
@@ -151,8 +160,18 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 # Frames that are on every stack and say nothing about the request path.
-_FRAMEWORK_ROOTS = ("<module>", "main (", "cmd_run", "run (uvloop", "Runner.run", "_worker", "_bootstrap",
-                    "BaseProcess", "spawn_main", "_main (")
+_FRAMEWORK_ROOTS = (
+    "<module>",
+    "main (",
+    "cmd_run",
+    "run (uvloop",
+    "Runner.run",
+    "_worker",
+    "_bootstrap",
+    "BaseProcess",
+    "spawn_main",
+    "_main (",
+)
 
 
 def plot(data: dict[str, Any], path: Path) -> bool:
@@ -169,21 +188,26 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(rows) + 2), 8), constrained_layout=True)
     width = 0.38
     xs = range(len(rows))
-    for axis, key, title in ((top, "rps", "throughput (req/s with the expected status)"),
-                             (bottom, "p99_ms", "p99 latency (ms)")):
+    for axis, key, title in (
+        (top, "rps", "throughput (req/s with the expected status)"),
+        (bottom, "p99_ms", "p99 latency (ms)"),
+    ):
         a = [sc["summary"].get(f"a_{key}") or 0 for sc in rows]
         b = [sc["summary"].get(f"b_{key}") or 0 for sc in rows]
         axis.bar([x - width / 2 for x in xs], a, width, label="A: measured (gateway)", color="#1f77b4")
         axis.bar([x + width / 2 for x in xs], b, width, label="B: reference", color="#bbbbbb")
         for x, sc in zip(xs, rows, strict=True):
             if key == "rps" and sc["summary"].get("ratio") is not None:
-                axis.annotate(f"{sc['summary']['ratio']:.2f}", (x, max(a[x], b[x])), ha="center", va="bottom",
-                              fontsize=8)
+                axis.annotate(
+                    f"{sc['summary']['ratio']:.2f}", (x, max(a[x], b[x])), ha="center", va="bottom", fontsize=8
+                )
         axis.set_xticks(list(xs), labels, fontsize=8)
         axis.set_title(title, fontsize=10)
         axis.legend(fontsize=8)
-    fig.suptitle(f"Bearer Gateway bench {data['started']} — {data['machine']['cpu']}, {data['machine']['cores']} cores",
-                 fontsize=9)
+    fig.suptitle(
+        f"Bearer Gateway bench {data['started']} — {data['machine']['cpu']}, {data['machine']['cores']} cores",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

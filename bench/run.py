@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--no-latest", action="store_true", help="do not overwrite bench/results/latest.*")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, configs)")
     parser.add_argument("--shared", action="store_true", help="say in the report that the machine was shared")
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     server_cpus, load_cpus = ("0", "1") if pin else (None, None)
     placement = (
         "system under test pinned to CPU 0; wrk, nginx and Redis pinned to CPU 1 (taskset); scenario 5 and the "
-        "shield unpinned" if pin else "no CPU pinning"
+        "shield unpinned"
+        if pin
+        else "no CPU pinning"
     )
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         if bench is not None:
             for proc in reversed(bench.started):
                 proc.stop()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     data["loadavg_end"] = os.getloadavg()
     data["seconds"] = round(time.monotonic() - began, 1)
     written = report.write(data, RESULTS, stamp, latest=not args.no_latest)

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.assertions import BenchClient, forged_bodies, mint_bodies, unknown_issuer_bodies, write_bodies
 from bench.loadgen import WrkResult, run_wrk
-from bench.procs import free_port, redis_dbsize
+from bench.procs import free_port, redis_dbsize, tree_cpu_seconds
 from bench.servers import Bench, Server, gateway_config, start_gateway, start_reference
 
 
@@ -51,8 +51,9 @@ class Scenario:
 class Bodies:
     """Request bodies for one system: a fixed file cycled, or fresh unique assertions minted per run."""
 
-    def __init__(self, bench: Bench, name: str, *, cycle: list[str] | None = None,
-                 client: BenchClient | None = None) -> None:
+    def __init__(
+        self, bench: Bench, name: str, *, cycle: list[str] | None = None, client: BenchClient | None = None
+    ) -> None:
         self.bench = bench
         self.name = name
         self.client = client
@@ -86,9 +87,11 @@ class Side:
     expected: int
 
 
-def _run(bench: Bench, side: Side, settings: Settings, duration: float, *, rate: float | None = None,
-         cpus: str | None) -> WrkResult:
+def _run(
+    bench: Bench, side: Side, settings: Settings, duration: float, *, rate: float | None = None, cpus: str | None
+) -> WrkResult:
     path = side.bodies.for_run(duration, rate)
+    cpu_before = tree_cpu_seconds(side.server.proc.pid)
     result = run_wrk(
         side.server.url,
         path,
@@ -100,6 +103,10 @@ def _run(bench: Bench, side: Side, settings: Settings, duration: float, *, rate:
         rate=rate,
         cpus=cpus,
     )
+    # CPU seconds the server (and its workers) used per answered request: less noisy than req/s on a shared box.
+    cpu = tree_cpu_seconds(side.server.proc.pid) - cpu_before
+    result.extra["cpu_s"] = round(cpu, 3)
+    result.extra["cpu_us_per_request"] = round(1e6 * cpu / result.requests, 1) if result.requests else None
     side.bodies.observe(result)
     return result
 
@@ -116,8 +123,16 @@ def _record(scenario: Scenario, label: str, side: Side, rnd: int, result: WrkRes
         scenario.notes.append(f"round {rnd} {side.server.name}: ran out of unique assertions before the end")
 
 
-def alternate(bench: Bench, scenario: Scenario, a: Side, b: Side, settings: Settings, *,
-              load_cpus: str | None, rate: float | None = None) -> None:
+def alternate(
+    bench: Bench,
+    scenario: Scenario,
+    a: Side,
+    b: Side,
+    settings: Settings,
+    *,
+    load_cpus: str | None,
+    rate: float | None = None,
+) -> None:
     """Warm both, then A B A B ...; fills scenario.runs and scenario.summary."""
     for side in (a, b):
         _run(bench, side, settings, settings.warmup, rate=rate, cpus=load_cpus)
@@ -143,6 +158,8 @@ def summarise(pairs: list[tuple[WrkResult, WrkResult]], *, paced: bool) -> dict[
         "b_rps": round(med(b_rps), 1),
         "ratio": round(med(ratios), 3) if ratios else None,
         "ratios": [round(r, 3) for r in ratios],
+        "a_cpu_us": _median_of(p[0].extra.get("cpu_us_per_request") for p in pairs),
+        "b_cpu_us": _median_of(p[1].extra.get("cpu_us_per_request") for p in pairs),
         "a_p50_ms": round(med(p[0].latency_ms["p50"] for p in pairs), 3),
         "b_p50_ms": round(med(p[1].latency_ms["p50"] for p in pairs), 3),
         "a_p99_ms": round(med(p[0].latency_ms["p99"] for p in pairs), 3),
@@ -156,6 +173,11 @@ def summarise(pairs: list[tuple[WrkResult, WrkResult]], *, paced: bool) -> dict[
         out["p99_added_per_round_ms"] = [round(x, 3) for x in added99]
         out["offered_rate"] = pairs[0][0].offered_rate
     return out
+
+
+def _median_of(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
 
 
 def _target_met(scenario: Scenario) -> None:
@@ -188,8 +210,7 @@ class Runner:
     def _gateway(self, name: str, *, backend: str = "memory", workers: int = 1, cpus: str | None) -> Server | str:
         if backend == "redis" and self.bench.redis_port is None:
             return f"no Redis: {self.bench.redis_missing}"
-        config = gateway_config(self.bench, port=free_port(), admin_port=free_port(), backend=backend,
-                                workers=workers)
+        config = gateway_config(self.bench, port=free_port(), admin_port=free_port(), backend=backend, workers=workers)
         server = start_gateway(self.bench, name, config, cpus=cpus)
         if isinstance(server, Server):
             self._servers.append(server)
@@ -220,9 +241,12 @@ class Runner:
         self.scenarios.append(scenario)
         s = scenario.summary
         if scenario.status == "ok":
-            self.log(f"  A {s.get('a_rps')} req/s p99 {s.get('a_p99_ms')} ms | B {s.get('b_rps')} req/s "
-                     f"p99 {s.get('b_p99_ms')} ms | ratio {s.get('ratio')} (rounds {s.get('ratios')})"
-                     + (f" | p99 added {s.get('p99_added_ms')} ms" if "p99_added_ms" in s else ""))
+            self.log(
+                f"  A {s.get('a_rps')} req/s p99 {s.get('a_p99_ms')} ms {s.get('a_cpu_us')} us/req | "
+                f"B {s.get('b_rps')} req/s p99 {s.get('b_p99_ms')} ms {s.get('b_cpu_us')} us/req | "
+                f"ratio {s.get('ratio')} (rounds {s.get('ratios')})"
+                + (f" | p99 added {s.get('p99_added_ms')} ms" if "p99_added_ms" in s else "")
+            )
         else:
             self.log(f"  {scenario.status}")
         return scenario
@@ -231,8 +255,10 @@ class Runner:
         """None when the gateway really keeps its replay set in Redis (a config that only parses is not enough)."""
         assert self.bench.redis_port is not None
         if redis_dbsize(self.bench.redis_port) == 0:
-            return ("state.backend: redis was accepted but no key reached Redis after accepted requests "
-                    "(the Redis backend is not built yet)")
+            return (
+                "state.backend: redis was accepted but no key reached Redis after accepted requests "
+                "(the Redis backend is not built yet)"
+            )
         return None
 
     # -- the scenarios ---------------------------------------------------------------------------
@@ -244,13 +270,26 @@ class Runner:
             if isinstance(gw, str):
                 raise RuntimeError(gw)
             ref = self._reference("reject")
-            alternate(self.bench, sc, Side(gw, Bodies(self.bench, "unknown-iss", cycle=unknown), 401),
-                      Side(ref, Bodies(self.bench, "unknown-iss-ref", cycle=unknown), 400), self.settings,
-                      load_cpus=self.bench.load_cpus)
+            alternate(
+                self.bench,
+                sc,
+                Side(gw, Bodies(self.bench, "unknown-iss", cycle=unknown), 401),
+                Side(ref, Bodies(self.bench, "unknown-iss-ref", cycle=unknown), 400),
+                self.settings,
+                load_cpus=self.bench.load_cpus,
+            )
 
         return self._scenario(
-            Scenario("1", "cheap reject: unknown iss", "gateway (401 invalid_client)", "ref-reject (400)",
-                     "throughput ratio", "≥ 0.75"), body)
+            Scenario(
+                "1",
+                "cheap reject: unknown iss",
+                "gateway (401 invalid_client)",
+                "ref-reject (400)",
+                "throughput ratio",
+                "≥ 0.75",
+            ),
+            body,
+        )
 
     def forged(self) -> Scenario:
         def body(sc: Scenario) -> None:
@@ -259,13 +298,26 @@ class Runner:
             if isinstance(gw, str):
                 raise RuntimeError(gw)
             ref = self._reference("verify-proxy", self.rs)
-            alternate(self.bench, sc, Side(gw, Bodies(self.bench, "forged", cycle=forged), 401),
-                      Side(ref, Bodies(self.bench, "forged-ref", cycle=forged), 401), self.settings,
-                      load_cpus=self.bench.load_cpus)
+            alternate(
+                self.bench,
+                sc,
+                Side(gw, Bodies(self.bench, "forged", cycle=forged), 401),
+                Side(ref, Bodies(self.bench, "forged-ref", cycle=forged), 401),
+                self.settings,
+                load_cpus=self.bench.load_cpus,
+            )
 
         return self._scenario(
-            Scenario("2", "forged RS256 signature, known client", "gateway (401)",
-                     "ref-verify-proxy, bad signature (no upstream call)", "throughput ratio", "report"), body)
+            Scenario(
+                "2",
+                "forged RS256 signature, known client",
+                "gateway (401)",
+                "ref-verify-proxy, bad signature (no upstream call)",
+                "throughput ratio",
+                "report",
+            ),
+            body,
+        )
 
     def accept(self, client: BenchClient) -> Scenario:
         def body(sc: Scenario) -> None:
@@ -276,13 +328,27 @@ class Runner:
             mine = Bodies(self.bench, f"valid-{client.alg.lower()}", client=client)
             # The reference keeps no replay set: it cycles a fixed set of valid assertions.
             theirs = Bodies(self.bench, f"valid-{client.alg.lower()}-ref", cycle=mint_bodies(client, 3000))
-            alternate(self.bench, sc, Side(gw, mine, 200), Side(ref, theirs, 200), self.settings,
-                      load_cpus=self.bench.load_cpus)
+            alternate(
+                self.bench,
+                sc,
+                Side(gw, mine, 200),
+                Side(ref, theirs, 200),
+                self.settings,
+                load_cpus=self.bench.load_cpus,
+            )
 
         number = "3a" if client.alg == "RS256" else "3b"
         return self._scenario(
-            Scenario(number, f"accept path, {client.alg}, memory state", "gateway (200 via static AS)",
-                     f"ref-verify-proxy {client.alg}", "throughput ratio", "≥ 0.80"), body)
+            Scenario(
+                number,
+                f"accept path, {client.alg}, memory state",
+                "gateway (200 via static AS)",
+                f"ref-verify-proxy {client.alg}",
+                "throughput ratio",
+                "≥ 0.80",
+            ),
+            body,
+        )
 
     def redis_vs_memory(self) -> Scenario:
         def body(sc: Scenario) -> None:
@@ -302,12 +368,26 @@ class Runner:
             if problem:
                 sc.status = f"not available: {problem}"
                 return
-            alternate(self.bench, sc, redis_side, Side(mem_gw, Bodies(self.bench, "valid-mem", client=self.rs), 200),
-                      self.settings, load_cpus=self.bench.load_cpus)
+            alternate(
+                self.bench,
+                sc,
+                redis_side,
+                Side(mem_gw, Bodies(self.bench, "valid-mem", client=self.rs), 200),
+                self.settings,
+                load_cpus=self.bench.load_cpus,
+            )
 
         return self._scenario(
-            Scenario("4", "accept path, RS256: Redis state vs memory state", "gateway, state.backend redis",
-                     "gateway, state.backend memory", "throughput ratio", "≥ 0.75"), body)
+            Scenario(
+                "4",
+                "accept path, RS256: Redis state vs memory state",
+                "gateway, state.backend redis",
+                "gateway, state.backend memory",
+                "throughput ratio",
+                "≥ 0.75",
+            ),
+            body,
+        )
 
     def workers(self) -> Scenario:
         def body(sc: Scenario) -> None:
@@ -329,13 +409,27 @@ class Runner:
             if problem:
                 sc.status = f"not available: {problem}"
                 return
-            alternate(self.bench, sc, two_side, Side(one, Bodies(self.bench, "valid-1w", client=self.rs), 200),
-                      self.settings, load_cpus=None)
+            alternate(
+                self.bench,
+                sc,
+                two_side,
+                Side(one, Bodies(self.bench, "valid-1w", client=self.rs), 200),
+                self.settings,
+                load_cpus=None,
+            )
             sc.notes.append("all processes unpinned here (wrk, nginx, Redis and the workers share both cores)")
 
         return self._scenario(
-            Scenario("5", "accept path, RS256, Redis state: 2 workers vs 1", "gateway, workers: 2",
-                     "gateway, workers: 1", "throughput ratio", "report"), body)
+            Scenario(
+                "5",
+                "accept path, RS256, Redis state: 2 workers vs 1",
+                "gateway, workers: 2",
+                "gateway, workers: 1",
+                "throughput ratio",
+                "report",
+            ),
+            body,
+        )
 
     def latency(self, saturation: float | None) -> Scenario:
         def body(sc: Scenario) -> None:
@@ -345,23 +439,43 @@ class Runner:
                 raise RuntimeError(gw)
             mine = Bodies(self.bench, "valid-latency", client=self.rs)
             if not rate:
-                rate = _run(self.bench, Side(gw, mine, 200), self.settings, self.settings.duration,
-                            cpus=self.bench.load_cpus).expected_rps
+                rate = _run(
+                    self.bench, Side(gw, mine, 200), self.settings, self.settings.duration, cpus=self.bench.load_cpus
+                ).expected_rps
             rate = round(rate * self.settings.latency_load)
             ref = self._reference("verify-proxy", self.rs)
             theirs = Bodies(self.bench, "valid-latency-ref", cycle=mint_bodies(self.rs, 3000))
-            alternate(self.bench, sc, Side(gw, mine, 200), Side(ref, theirs, 200), self.settings,
-                      load_cpus=self.bench.load_cpus, rate=rate)
-            sc.notes.append(f"both paced at {rate} req/s = {self.settings.latency_load:.0%} of the gateway's "
-                            f"measured RS256 accept saturation rate (scenario 3a); Poisson arrivals, "
-                            f"{self.settings.paced_connections} connections")
+            alternate(
+                self.bench,
+                sc,
+                Side(gw, mine, 200),
+                Side(ref, theirs, 200),
+                self.settings,
+                load_cpus=self.bench.load_cpus,
+                rate=rate,
+            )
+            sc.notes.append(
+                f"both paced at {rate} req/s = {self.settings.latency_load:.0%} of the gateway's "
+                f"measured RS256 accept saturation rate (scenario 3a); Poisson arrivals, "
+                f"{self.settings.paced_connections} connections"
+            )
 
         return self._scenario(
-            Scenario("6", "latency at 50% of saturation, accept path RS256", "gateway", "ref-verify-proxy RS256",
-                     "p99 added", "≤ 2 ms"), body)
+            Scenario(
+                "6",
+                "latency at 50% of saturation, accept path RS256",
+                "gateway",
+                "ref-verify-proxy RS256",
+                "p99 added",
+                "≤ 2 ms",
+            ),
+            body,
+        )
 
     def run_all(self, only: set[str] | None = None) -> list[Scenario]:
-        want = (lambda key: only is None or key in only)
+        def want(key: str) -> bool:
+            return only is None or key in only
+
         if want("1"):
             self.cheap_reject()
         if want("2"):

@@ -102,16 +102,22 @@ def gateway_config(
     return config
 
 
-def start_gateway(bench: Bench, name: str, config: dict[str, Any], *, cpus: str | None) -> Server | str:
-    """Run `bearer-gateway run -c` on the config; a reason string when the gateway refuses it or does not start."""
+def start_gateway(
+    bench: Bench, name: str, config: dict[str, Any], *, cpus: str | None, source: Path | None = None
+) -> Server | str:
+    """Run `bearer-gateway run -c` on the config; a reason string when the gateway refuses it or does not start.
+
+    `source`: a directory holding another version of the `gateway` package to run instead (bench.ab).
+    """
     path = bench.workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     # The audit log (one JSON line per request, on stdout) goes to a file, as a deployment would keep it.
     proc = Proc(
         name,
-        pinned([str(VENV_BIN / "bearer-gateway"), "run", "-c", str(path)], cpus),
+        pinned([str(VENV_BIN / "python"), "-m", "gateway.cli", "run", "-c", str(path)], cpus),
         bench.workdir,
         stdout=bench.workdir / f"{name}.audit.jsonl",
+        env={"PYTHONPATH": str(source)} if source else None,
     )
     bench.started.append(proc)
     url = f"http://127.0.0.1:{config['listen']['port']}"

@@ -10,6 +10,20 @@ from typing import Any
 audit_log = logging.getLogger("bearer_gateway.audit")
 
 
+_second = -1
+_second_text = ""
+
+
+def _timestamp() -> str:
+    """RFC 3339 UTC to the second, formatted once per second rather than once per request."""
+    global _second, _second_text
+    now = int(time.time())
+    if now != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        _second = now
+    return _second_text
+
+
 def write_audit(
     *,
     request_id: str,
@@ -26,7 +40,7 @@ def write_audit(
     if not audit_log.isEnabledFor(logging.INFO):
         return
     record: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "time": _timestamp(),
         "request_id": request_id,
         "client_address": client_address,
         "client": client,

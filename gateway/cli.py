@@ -29,6 +29,12 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Nothing logged here uses the caller's file/line, thread or process fields; not collecting them
+    # (the logging HOWTO's "Optimization" settings) takes ~10 µs off each audit line of a request.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # The audit log is already one JSON object per line: print it as is.
     audit = logging.getLogger("bearer_gateway.audit")
     handler = logging.StreamHandler(sys.stdout)

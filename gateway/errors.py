@@ -138,6 +138,13 @@ PROFILES: dict[str, dict[Row, tuple[int, str, str]]] = {
 
 NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+# Every error body encoded once: a flood of rejections pays no JSON encoding per request.
+_BODIES: dict[tuple[str, Row], bytes] = {
+    (profile, row): json.dumps({"error": error, "error_description": description}, separators=(",", ":")).encode()
+    for profile, table in PROFILES.items()
+    for row, (_, error, description) in table.items()
+}
+
 
 def status_of(rejection: Rejection, profile: str) -> tuple[int, str]:
     status, error, _ = PROFILES[profile][rejection.reason.row]
@@ -146,7 +153,7 @@ def status_of(rejection: Rejection, profile: str) -> tuple[int, str]:
 
 def error_response(rejection: Rejection, profile: str) -> web.Response:
     """The RFC 6749 §5.2 JSON error body for a rejection under the given error profile."""
-    status, error, description = PROFILES[profile][rejection.reason.row]
+    status = PROFILES[profile][rejection.reason.row][0]
     headers = dict(NO_STORE_HEADERS)
     if rejection.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(rejection.retry_after + 0.999)))
@@ -155,5 +162,5 @@ def error_response(rejection: Rejection, profile: str) -> web.Response:
     if status == 401:
         # RFC 6749 §5.2: a 401 invalid_client answer carries WWW-Authenticate.
         headers["WWW-Authenticate"] = 'Basic realm="token"'
-    body = json.dumps({"error": error, "error_description": description}, separators=(",", ":"))
-    return web.Response(status=status, body=body.encode(), content_type="application/json", headers=headers)
+    body = _BODIES[(profile, rejection.reason.row)]
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)

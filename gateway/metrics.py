@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -17,6 +18,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "bearer_gateway_requests_total",
             "Token requests by outcome, reason code, client (configured ids or 'unknown') and grant kind.",
@@ -123,6 +125,15 @@ class Metrics:
         # Counters that appear only on their first event would be invisible to increase() then.
         for outcome in ("ok", "refused"):
             self.config_reloads.labels(outcome)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, memoised for the hot path: label values are bounded, and each
+        labels() call costs a lock and a key build (the profile showed ~1.5 µs, ten-plus times a request)."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
 
 _metrics: Metrics | None = None
