@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider -q -ra tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests
+	$(VENV)/bin/ruff check gateway tests scripts bench
 	$(VENV)/bin/mypy gateway
 
 bench: $(STAMP)
