@@ -65,13 +65,13 @@ def mint_bodies(client: BenchClient, count: int, *, processes: int | None = None
         return [body for part in pool.map(_mint, jobs) for body in part]
 
 
-def forged_bodies(client: BenchClient, count: int) -> list[str]:
+def forged_bodies(client: BenchClient, count: int, *, audience: str = AUDIENCE) -> list[str]:
     """Well-formed, fresh, known-iss requests whose signature is random bytes of the right length."""
     signer = client.signer
     size = 256 if client.alg in ("RS256", "PS256") else 64
     out = []
     for n in range(count):
-        token = mint_assertion(signer, iss=client.client_id, sub=SUBJECT, aud=AUDIENCE, scope=SCOPE, jti=f"forged-{n}")
+        token = mint_assertion(signer, iss=client.client_id, sub=SUBJECT, aud=audience, scope=SCOPE, jti=f"forged-{n}")
         head = token.rpartition(".")[0]
         out.append(f"{JWT_BEARER_FORM}{head}.{b64url_encode(os.urandom(size))}")
     return out
@@ -81,18 +81,6 @@ def unknown_issuer_bodies(count: int) -> list[str]:
     """Valid-looking, fresh requests whose iss names no configured client (rejected at the issuer stage)."""
     stranger = new_client("unknown-app", "ES256")
     return _mint((stranger, "unknown", 0, count))
-
-
-def expired_bodies(client: BenchClient, count: int, now: int) -> list[str]:
-    """Requests whose assertion expired an hour ago: signed, known iss, rejected at the claims stage."""
-    signer = client.signer
-    return [
-        JWT_BEARER_FORM
-        + mint_assertion(
-            signer, iss=client.client_id, sub=SUBJECT, aud=AUDIENCE, scope=SCOPE, now=now - 3600, jti=f"expired-{n}"
-        )
-        for n in range(count)
-    ]
 
 
 def write_bodies(path: Path, bodies: list[str]) -> Path:

@@ -63,6 +63,7 @@ def run_wrk(
     threads: int = 1,
     cpus: str | None = None,
     timeout: str = "5s",
+    path: str = "/oauth2/token",
 ) -> WrkResult:
     """One bounded wrk run: it stops after `duration`, or earlier when `once` bodies run out."""
     script = SCRIPT.read_text()
@@ -85,6 +86,7 @@ def run_wrk(
             "once" if once else "cycle",
             str((rate or 0) / threads),
             str(threads),
+            path,
         ],
         cpus,
     )

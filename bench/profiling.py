@@ -45,7 +45,8 @@ def profile(bench: Bench, seconds: float = 6.0) -> dict[str, Any]:
         ]
         for name, bodies, expected, once in cases:
             raw = bench.workdir / f"profile-{expected}.raw"
-            # --nonblocking: sample without pausing the gateway, so the profile does not slow what it measures.
+            # Blocking sampling (py-spy pauses the process ~250 times a second): --nonblocking reads the
+            # stacks of a running interpreter and loses their roots in about half of the samples.
             sampler = subprocess.Popen(
                 [
                     spy,
@@ -60,7 +61,6 @@ def profile(bench: Bench, seconds: float = 6.0) -> dict[str, Any]:
                     "raw",
                     "--output",
                     str(raw),
-                    "--nonblocking",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,

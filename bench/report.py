@@ -146,10 +146,10 @@ def markdown(data: dict[str, Any]) -> str:
             lines += [
                 f"**{name}** — {prof['samples']} samples; share of the gateway process's busy samples:",
                 "",
-                "| function (self time) | % | function (inclusive) | % |",
+                "| function (self time) | % | gateway function (inclusive) | % |",
                 "|---|---:|---|---:|",
             ]
-            incl = [row for row in prof["inclusive"] if not row[0].startswith(_FRAMEWORK_ROOTS)][:12]
+            incl = [row for row in prof["inclusive"] if _request_path(row[0])][:12]
             for i in range(max(len(prof["self"][:12]), len(incl))):
                 own = prof["self"][i] if i < len(prof["self"][:12]) else ("", "")
                 inc = incl[i] if i < len(incl) else ("", "")
@@ -159,19 +159,12 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# Frames that are on every stack and say nothing about the request path.
-_FRAMEWORK_ROOTS = (
-    "<module>",
-    "main (",
-    "cmd_run",
-    "run (uvloop",
-    "Runner.run",
-    "_worker",
-    "_bootstrap",
-    "BaseProcess",
-    "spawn_main",
-    "_main (",
-)
+# Inclusive rows shown: the gateway's own functions below the request entry point.
+_NOT_REQUEST_PATH = ("main (gateway/cli.py)", "cmd_run (gateway/cli.py)", "<module> (gateway/cli.py)", "serve (")
+
+
+def _request_path(name: str) -> bool:
+    return "(gateway/" in name and not name.startswith(_NOT_REQUEST_PATH)
 
 
 def plot(data: dict[str, Any], path: Path) -> bool:

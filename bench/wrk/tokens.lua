@@ -1,9 +1,10 @@
 -- wrk script: POST pre-minted token requests to /oauth2/token, one body per line of a file.
---   wrk -t1 -c32 -d5s -s tokens.lua http://127.0.0.1:PORT -- BODIES MODE RATE THREADS
+--   wrk -t1 -c32 -d5s -s tokens.lua http://127.0.0.1:PORT -- BODIES MODE RATE THREADS [PATH]
 -- MODE "once": each body is sent once (unique assertions, the replay cache must accept them);
 --   the thread stops when its bodies run out, so a run is bounded in requests as well as time.
 -- MODE "cycle": wrap around (rejected requests, where repeats cost the same).
 -- RATE (requests/s, per thread) > 0 (the paced variant, which sets delay = paced_delay): paced, open-loop-like arrivals (see delay() below).
+-- PATH: the token endpoint path (default /oauth2/token).
 -- THREADS: the -t value, so each thread takes its own share of the bodies.
 -- done() prints one line "BENCH_RESULT {json}" that bench/loadgen.py reads.
 
@@ -22,6 +23,7 @@ local once = true
 statuses = {}
 exhausted = 0
 local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+local path = "/oauth2/token"
 local rate_per_ms = nil
 local next_slot = nil
 local now_ms = nil
@@ -38,6 +40,7 @@ function init(args)
     line_no = line_no + 1
   end
   once = (args[2] or "once") == "once"
+  path = args[5] or path
   local rate = tonumber(args[3] or "0")
   if rate > 0 then
     rate_per_ms = rate / 1000.0
@@ -66,7 +69,7 @@ function request()
       i = 1
     end
   end
-  return wrk.format("POST", "/oauth2/token", headers, bodies[i])
+  return wrk.format("POST", path, headers, bodies[i])
 end
 
 function response(status, hdrs, body)
