@@ -10,6 +10,8 @@ from typing import Any
 audit_log = logging.getLogger("bearer_gateway.audit")
 
 
+# One encoder for every line: json.dumps with separators builds a new JSONEncoder per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 _second = -1
 _second_text = ""
 
@@ -51,4 +53,4 @@ def write_audit(
         "latency_ms": round(latency * 1000, 3),
         "upstream_status": upstream_status,
     }
-    audit_log.info(json.dumps(record, separators=(",", ":")))
+    audit_log.info(_encode(record))
