@@ -11,7 +11,7 @@ from bench.assertions import mint_bodies, unknown_issuer_bodies, write_bodies
 from bench.loadgen import run_wrk
 from bench.procs import VENV_BIN, free_port
 from bench.servers import Bench, Server, gateway_config, start_gateway
-from bench.stacks import summarise
+from bench.stacks import categorise, summarise
 
 
 def py_spy() -> str | None:
@@ -80,7 +80,7 @@ def profile(bench: Bench, seconds: float = 6.0) -> dict[str, Any]:
             _, err = sampler.communicate(timeout=30)
             if not raw.exists():
                 return {"status": f"not available: py-spy failed: {err.strip()[-300:]}"}
-            paths[name] = {**summarise(raw, top=15), "rps": result.rps}
+            paths[name] = {**summarise(raw, top=15), "categories": categorise(raw), "rps": result.rps}
     finally:
         server.stop()
     return {"status": "ok", "paths": paths}

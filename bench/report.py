@@ -142,7 +142,20 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", "## Where the gateway's time goes (py-spy, sampled during saturation runs)", ""]
         if profile.get("status", "ok") != "ok":
             lines.append(profile["status"])
-        for name, prof in profile.get("paths", {}).items():
+        paths = profile.get("paths", {})
+        if paths:
+            names = list(paths)
+            lines += [
+                "Share of the gateway's samples by kind of work (each sample counted once, first match):",
+                "",
+                "| work | " + " | ".join(names) + " |",
+                "|---|" + "---:|" * len(names),
+            ]
+            for i, (category, _) in enumerate(paths[names[0]].get("categories", [])):
+                cells = [f"{paths[n]['categories'][i][1]}%" for n in names]
+                lines.append(f"| {category} | " + " | ".join(cells) + " |")
+            lines.append("")
+        for name, prof in paths.items():
             lines += [
                 f"**{name}** — {prof['samples']} samples; share of the gateway process's busy samples:",
                 "",
@@ -177,7 +190,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     rows = [sc for sc in data["scenarios"] if sc["status"] == "ok"]
-    labels = [f"{sc['id']}\n{sc['title'].split(':')[0][:22]}" for sc in rows]
+    labels = [f"{sc['id']}\n{sc.get('short') or sc['title'][:22]}" for sc in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(rows) + 2), 8), constrained_layout=True)
     width = 0.38
     xs = range(len(rows))
@@ -190,10 +203,15 @@ def plot(data: dict[str, Any], path: Path) -> bool:
         axis.bar([x - width / 2 for x in xs], a, width, label="A: measured (gateway)", color="#1f77b4")
         axis.bar([x + width / 2 for x in xs], b, width, label="B: reference", color="#bbbbbb")
         for x, sc in zip(xs, rows, strict=True):
-            if key == "rps" and sc["summary"].get("ratio") is not None:
-                axis.annotate(
-                    f"{sc['summary']['ratio']:.2f}", (x, max(a[x], b[x])), ha="center", va="bottom", fontsize=8
-                )
+            summary = sc["summary"]
+            paced = "p99_added_ms" in summary
+            if key == "rps" and summary.get("ratio") is not None and not paced:
+                text = f"{summary['ratio']:.2f}"
+            elif key == "p99_ms" and paced:
+                text = f"{summary['p99_added_ms']:+.1f} ms"
+            else:
+                continue
+            axis.annotate(text, (x, max(a[x], b[x])), ha="center", va="bottom", fontsize=8)
         axis.set_xticks(list(xs), labels, fontsize=8)
         axis.set_title(title, fontsize=10)
         axis.legend(fontsize=8)

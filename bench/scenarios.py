@@ -43,6 +43,7 @@ class Scenario:
     summary: dict[str, Any] = field(default_factory=dict)
     met: bool | None = None
     notes: list[str] = field(default_factory=list)
+    short: str = ""  # plot label
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -193,6 +194,17 @@ def _target_met(scenario: Scenario) -> None:
         scenario.met = value is not None and value <= bound
 
 
+SHORT = {
+    "1": "reject\nunknown iss",
+    "2": "forged\nsignature",
+    "3a": "accept\nRS256",
+    "3b": "accept\nES256",
+    "4": "Redis vs\nmemory",
+    "5": "2 workers\nvs 1",
+    "6": "paced at 50%\n(accept RS256)",
+}
+
+
 class Runner:
     """Runs the scenarios in order; each starts and stops its own servers."""
 
@@ -227,6 +239,7 @@ class Runner:
         self._servers.clear()
 
     def _scenario(self, scenario: Scenario, body: Callable[[Scenario], None]) -> Scenario:
+        scenario.short = SHORT.get(scenario.id, "")
         self.log(f"scenario {scenario.id}: {scenario.title}")
         started = time.monotonic()
         try:

@@ -138,8 +138,7 @@ def shield(bench: Bench, settings: Settings, log: Callable[[str], None], duratio
 
         def legit(count: int, name: str) -> Path:
             bodies = [
-                JWT_BEARER_FORM
-                + mint_assertion(signer, iss=caller.client_id, sub=SUBJECT, aud=audience, scope=SCOPE)
+                JWT_BEARER_FORM + mint_assertion(signer, iss=caller.client_id, sub=SUBJECT, aud=audience, scope=SCOPE)
                 for _ in range(count)
             ]
             return write_bodies(bench.workdir / f"shield-legit-{name}.txt", bodies)

@@ -44,3 +44,35 @@ def summarise(raw: Path, top: int = 15) -> dict[str, object]:
         "self": [(name, share(n)) for name, n in own.most_common(top)],
         "inclusive": [(name, share(n)) for name, n in inclusive.most_common(top * 3)],
     }
+
+
+# Where a sample belongs, first match wins (metrics are counted as metrics wherever they are called).
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("audit log (json + logging)", ("write_audit (gateway/audit.py",)),
+    ("signature verification (cryptography via PyJWT)", ("VerificationKey.verify (",)),
+    ("call to the AS (aiohttp client, request builder)", ("UpstreamClient.send (", "UpstreamRequestBuilder.build (")),
+    ("rate limits (memory or Redis state)", ("gateway/checks/rate_limits.py", "gateway/state/")),
+    ("replay check", ("Replay.__call__ (",)),
+    ("assertion parsing (base64url, JSON)", ("parse_compact (",)),
+    ("other checks (header, claims, issuer, ...)", ("(gateway/checks/",)),
+    ("body read and form parsing", ("read_body (", "parse_form (")),
+    ("rest of the token handler (answer, headers, error body)", ("TokenHandler.__call__ (",)),
+    ("HTTP server and event loop (aiohttp, uvloop)", ("",)),
+)
+
+
+def categorise(raw: Path) -> list[tuple[str, float]]:
+    """Share of samples per category of work, in CATEGORIES order."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        total += int(count_text)
+        for name, markers in CATEGORIES:
+            if any(marker in stack for marker in markers):
+                counts[name] += int(count_text)
+                break
+    return [(name, round(100.0 * counts[name] / total, 1) if total else 0.0) for name, _ in CATEGORIES]
