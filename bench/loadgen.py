@@ -87,6 +87,8 @@ def run_wrk(
             str((rate or 0) / threads),
             str(threads),
             path,
+            # A safety bound in requests on top of -d: far above any rate this machine reaches.
+            str(int(max(duration, 1) * 200_000 / threads)),
         ],
         cpus,
     )

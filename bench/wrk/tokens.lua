@@ -1,10 +1,11 @@
 -- wrk script: POST pre-minted token requests to /oauth2/token, one body per line of a file.
---   wrk -t1 -c32 -d5s -s tokens.lua http://127.0.0.1:PORT -- BODIES MODE RATE THREADS [PATH]
+--   wrk -t1 -c32 -d5s -s tokens.lua http://127.0.0.1:PORT -- BODIES MODE RATE THREADS [PATH [MAX]]
 -- MODE "once": each body is sent once (unique assertions, the replay cache must accept them);
 --   the thread stops when its bodies run out, so a run is bounded in requests as well as time.
 -- MODE "cycle": wrap around (rejected requests, where repeats cost the same).
 -- RATE (requests/s, per thread) > 0 (the paced variant, which sets delay = paced_delay): paced, open-loop-like arrivals (see delay() below).
 -- PATH: the token endpoint path (default /oauth2/token).
+-- MAX: requests per thread after which the thread stops (0: no cap besides -d), a safety bound.
 -- THREADS: the -t value, so each thread takes its own share of the bodies.
 -- done() prints one line "BENCH_RESULT {json}" that bench/loadgen.py reads.
 
@@ -24,6 +25,8 @@ statuses = {}
 exhausted = 0
 local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 local path = "/oauth2/token"
+local max_requests = 0
+local sent = 0
 local rate_per_ms = nil
 local next_slot = nil
 local now_ms = nil
@@ -41,6 +44,7 @@ function init(args)
   end
   once = (args[2] or "once") == "once"
   path = args[5] or path
+  max_requests = tonumber(args[6] or "0")
   local rate = tonumber(args[3] or "0")
   if rate > 0 then
     rate_per_ms = rate / 1000.0
@@ -59,6 +63,10 @@ function init(args)
 end
 
 function request()
+  sent = sent + 1
+  if max_requests > 0 and sent > max_requests then
+    wrk.thread:stop()
+  end
   i = i + 1
   if i > n then
     if once then
