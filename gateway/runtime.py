@@ -163,7 +163,7 @@ class Runtime:
                 metrics().misconfigurations.labels(client.client_id)  # present at 0 from the start
             self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
         self.limiter = Limiter(self.state, config.state.redis.on_error)
-        self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.state, self.limiter)
+        self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.limiter)
         # Forwarded grants pass the same per-IP and global limits (design stage 4: "forward with per-IP limits").
         self.passthrough_checks: tuple[Check, ...] = request_limits(config, self.limiter)
         self.jwks_document = json.dumps(

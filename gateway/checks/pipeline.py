@@ -5,36 +5,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from gateway.checks.admission import ClientAdmission
 from gateway.checks.assertion_shape import AssertionShape
 from gateway.checks.claims import Claims
 from gateway.checks.client_auth import ClientAuthConflict
 from gateway.checks.context import Check
 from gateway.checks.header_policy import HeaderPolicy
 from gateway.checks.issuer import Issuer
-from gateway.checks.rate_limits import ClientQuota, GlobalLimit, IssuerGuard, Limiter, PerIPLimit
-from gateway.checks.replay import Replay
+from gateway.checks.rate_limits import IssuerGuard, Limiter, RequestLimits
 from gateway.checks.request_rules import RequestRules
 from gateway.checks.signature import ClientGrant, Signature
 from gateway.config.model import GatewayConfig
-from gateway.state.base import StateBackend
 
 if TYPE_CHECKING:
     from gateway.runtime import ClientRuntime
 
 
 def request_limits(config: GatewayConfig, limiter: Limiter) -> tuple[Check, ...]:
-    """Stage 5, shared by the jwt-bearer pipeline and forwarded grants: per-IP, then global."""
+    """Stage 5, shared by the jwt-bearer pipeline and forwarded grants: per-IP and global, one call."""
     limits = config.rate_limits
-    checks: list[Check] = []
-    if limits.per_ip is not None:
-        checks.append(PerIPLimit(limiter, limits.per_ip))
-    if limits.global_ is not None:
-        checks.append(GlobalLimit(limiter, limits.global_))
-    return tuple(checks)
+    if limits.per_ip is None and limits.global_ is None:
+        return ()
+    return (RequestLimits(limiter, limits.per_ip, limits.global_),)
 
 
 def build_pipeline(
-    config: GatewayConfig, clients: Mapping[str, ClientRuntime], state: StateBackend, limiter: Limiter
+    config: GatewayConfig, clients: Mapping[str, ClientRuntime], limiter: Limiter
 ) -> tuple[Check, ...]:
     """Cheapest first; a check never calls the next one.
 
@@ -42,8 +38,8 @@ def build_pipeline(
     - Claims (11) run before the issuer lookup (10): a bad-claims assertion then gets the same
       answer whether or not its `iss` names a client, so the error code is no oracle of which
       client ids exist.
-    - The client quota (14) runs before replay (13): an assertion refused with 429 has not been
-      spent and can be retried after Retry-After.
+    - The client quota (14) and the replay check (13) are one atomic state call: a replay spends
+      no quota, and an assertion refused with 429 has not been spent and can be retried.
     """
     profile = config.profile
     limits = config.rate_limits
@@ -61,6 +57,5 @@ def build_pipeline(
         *guard,  # 10: pre-verification per-issuer CPU guard
         Signature(),  # 12
         ClientGrant(),  # 12: unauthorized_client, only for a proven client
-        ClientQuota(limiter, limits.per_client),  # 14
-        Replay(state, profile.clock_skew, config.state.redis.on_error),  # 13
+        ClientAdmission(limiter, limits.per_client, profile.clock_skew),  # 14 + 13
     )

@@ -1,98 +1,108 @@
-"""Stages 5, 10 (guard) and 14: token-bucket limits (GCRA) on the shared state.
+"""Stages 5 and 10 (guard): token-bucket limits (GCRA) on the shared state.
 
 `limits` (the library) offers fixed, moving and sliding windows of "N per period"; the contract
 here is a rate plus a burst, which GCRA expresses with one cell per key and, in Redis, one round
-trip per decision.
+trip per decision however many cells it takes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from gateway.checks.context import RequestContext
 from gateway.config.model import Bucket
 from gateway.errors import Reason, Rejection
 from gateway.metrics import metrics
-from gateway.state.base import Decision, StateBackend, StateUnavailable
+from gateway.state.base import Cell, Decision, StateBackend, StateUnavailable
 from gateway.state.memory import MemoryState
 
 log = logging.getLogger("bearer_gateway.rate_limits")
+LIMIT_NAMES = ("per_ip", "global", "per_issuer_unverified", "per_client")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A configured bucket under its name (the config key, the metric label) and its reason code."""
+
+    name: str
+    bucket: Bucket
+    reason: Reason
+
+    def cell(self, key: str) -> Cell:
+        rate = self.bucket.rate
+        return Cell(f"{self.name}:{key}", rate.period / rate.count, self.bucket.burst)
 
 
 class Limiter:
-    """Takes from the configured backend; when it cannot answer, applies `on_error`."""
+    """Asks the configured backend; when it cannot answer, applies `on_error`."""
 
     def __init__(self, state: StateBackend, on_error: Literal["fail_closed", "fail_open"]) -> None:
         self.state = state
         self.on_error = on_error
-        # fail_open falls back to per-process limits rather than to none at all.
-        self.fallback = MemoryState(max_entries=1000) if state.name != "memory" else None
+        # fail_open falls back to per-process state rather than to none at all.
+        self.fallback = MemoryState(max_entries=100_000) if state.name != "memory" else None
         decisions = metrics().rate_limit_decisions
         self._counters = {
-            (limit, allowed): decisions.labels(limit, "allowed" if allowed else "limited")
-            for limit in ("per_ip", "global", "per_issuer_unverified", "per_client")
+            (name, allowed): decisions.labels(name, "allowed" if allowed else "limited")
+            for name in LIMIT_NAMES
             for allowed in (True, False)
         }
         self._errors = metrics().state_errors
 
-    async def take(self, limit: str, key: str, bucket: Bucket, reason: Reason, stage: str) -> Rejection | None:
-        interval = bucket.rate.period / bucket.rate.count
+    def count(self, limits: Sequence[Limit], decision: Decision) -> None:
+        for index, limit in enumerate(limits):
+            self._counters[(limit.name, index != decision.refused)].inc()
+            if index == decision.refused:
+                break
+
+    async def take(self, limits: Sequence[Limit], keys: Sequence[str], stage: str) -> Rejection | None:
+        """All the limits for one request in one state call; the first refusing one answers."""
+        cells = [limit.cell(key) for limit, key in zip(limits, keys, strict=True)]
         try:
-            decision = await self.state.take(f"{limit}:{key}", interval, bucket.burst)
+            decision = await self.state.take(cells)
         except StateUnavailable as exc:
-            self._errors.labels("rate_limit", self.on_error).inc()
-            if self.on_error == "fail_closed" or self.fallback is None:
-                log.warning("rate-limit state unavailable (%s): refusing (fail_closed)", exc)
+            fallback = self.unavailable("rate_limit", exc)
+            if fallback is None:
                 return Rejection(Reason.STATE_UNAVAILABLE, stage, retry_after=1.0)
-            log.warning("rate-limit state unavailable (%s): per-process limits (fail_open)", exc)
-            decision = await self.fallback.take(f"{limit}:{key}", interval, bucket.burst)
-        self._counters[(limit, decision.allowed)].inc()
-        return None if decision.allowed else Rejection(reason, stage, retry_after=_retry(decision))
+            decision = await fallback.take(cells)
+        self.count(limits, decision)
+        if decision.allowed:
+            return None
+        return Rejection(limits[decision.refused].reason, stage, retry_after=max(decision.retry_after, 1.0))
+
+    def unavailable(self, operation: str, exc: Exception) -> MemoryState | None:
+        """Count the failure; the per-process fallback under fail_open, None under fail_closed."""
+        self._errors.labels(operation, self.on_error).inc()
+        if self.on_error == "fail_closed" or self.fallback is None:
+            log.warning("%s state unavailable (%s): refusing (fail_closed)", operation, exc)
+            return None
+        log.warning("%s state unavailable (%s): per-process state (fail_open)", operation, exc)
+        return self.fallback
 
 
-def _retry(decision: Decision) -> float:
-    return max(decision.retry_after, 1.0)
+class RequestLimits:
+    """Stage 5: the caller's address (X-Forwarded-For only from trusted proxies) and all traffic
+    together, decided in one state call."""
 
+    stage = "request_limits"
 
-class _BucketCheck:
-    """One limit keyed by something in the request; the limit's name is its stage name."""
-
-    stage: str
-    reason: Reason
-
-    def __init__(self, limiter: Limiter, bucket: Bucket) -> None:
+    def __init__(self, limiter: Limiter, per_ip: Bucket | None, global_: Bucket | None) -> None:
         self.limiter = limiter
-        self.bucket = bucket
-
-    def key(self, ctx: RequestContext) -> str:
-        raise NotImplementedError
+        self.limits: list[Limit] = []
+        if per_ip is not None:
+            self.limits.append(Limit("per_ip", per_ip, Reason.RATE_LIMITED_IP))
+        if global_ is not None:
+            self.limits.append(Limit("global", global_, Reason.RATE_LIMITED_GLOBAL))
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
-        return await self.limiter.take(self.stage, self.key(ctx), self.bucket, self.reason, self.stage)
+        keys = [ctx.client_address if limit.name == "per_ip" else "all" for limit in self.limits]
+        return await self.limiter.take(self.limits, keys, self.stage)
 
 
-class PerIPLimit(_BucketCheck):
-    """Stage 5: the caller's address (X-Forwarded-For only from trusted proxies)."""
-
-    stage = "per_ip"
-    reason = Reason.RATE_LIMITED_IP
-
-    def key(self, ctx: RequestContext) -> str:
-        return ctx.client_address
-
-
-class GlobalLimit(_BucketCheck):
-    """Stage 5: everything the gateway accepts for processing, all callers together."""
-
-    stage = "global"
-    reason = Reason.RATE_LIMITED_GLOBAL
-
-    def key(self, ctx: RequestContext) -> str:
-        return "all"
-
-
-class IssuerGuard(_BucketCheck):
+class IssuerGuard:
     """Stage 10: a generous per-issuer budget before the signature is checked (a CPU guard).
 
     A forger can spend it for a real client, which is why it is generous and why the business
@@ -100,27 +110,11 @@ class IssuerGuard(_BucketCheck):
     """
 
     stage = "per_issuer_unverified"
-    reason = Reason.RATE_LIMITED_ISSUER
 
-    def key(self, ctx: RequestContext) -> str:
-        assert ctx.client is not None  # keyed by configured client ids only: bounded
-        return ctx.client.client_id
-
-
-class ClientQuota:
-    """Stage 14: the business quota of a proven client (its own rate_limit, else the default)."""
-
-    stage = "per_client"
-
-    def __init__(self, limiter: Limiter, default: Bucket | None) -> None:
+    def __init__(self, limiter: Limiter, bucket: Bucket) -> None:
         self.limiter = limiter
-        self.default = default
+        self.limits = [Limit("per_issuer_unverified", bucket, Reason.RATE_LIMITED_ISSUER)]
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
-        assert ctx.client is not None
-        bucket = ctx.client.config.rate_limit or self.default
-        if bucket is None:
-            return None
-        return await self.limiter.take(
-            self.stage, ctx.client.client_id, bucket, Reason.CLIENT_QUOTA_EXCEEDED, self.stage
-        )
+        assert ctx.client is not None  # keyed by configured client ids only: bounded
+        return await self.limiter.take(self.limits, [ctx.client.client_id], self.stage)

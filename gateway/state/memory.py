@@ -5,8 +5,9 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
-from gateway.state.base import Decision, StateUnavailable
+from gateway.state.base import ALLOWED, Cell, Decision, StateUnavailable
 
 
 def gcra(tat: float, now: float, interval: float, burst: int) -> tuple[Decision, float]:
@@ -43,29 +44,53 @@ class MemoryState:
                 del self._expiry[key]
 
     async def claim_once(self, key: str, ttl: float) -> bool:
+        """Record `key` for `ttl` seconds if absent; False when it was already there."""
         now = time.monotonic()
         self._expire(now)
         if key in self._expiry:
             return False
+        self._record(key, now, ttl)
+        return True
+
+    def _record(self, key: str, now: float, ttl: float) -> None:
         if len(self._expiry) >= self.max_entries:
             # Forgetting a live jti would allow a replay; refusing new assertions is the safe side.
             raise StateUnavailable("replay set full")
         expiry = now + max(ttl, 1.0)
         self._expiry[key] = expiry
         heapq.heappush(self._heap, (expiry, key))
-        return True
 
-    async def take(self, key: str, interval: float, burst: int) -> Decision:
-        now = time.monotonic()
-        cells = self._cells
-        decision, tat = gcra(cells.get(key, now), now, interval, burst)
-        cells[key] = tat
-        cells.move_to_end(key)
-        if len(cells) > self.max_rate_cells:
+    async def take(self, cells: Sequence[Cell]) -> Decision:
+        return self._take(cells, time.monotonic())
+
+    def _take(self, cells: Sequence[Cell], now: float) -> Decision:
+        stored = self._cells
+        new_tats = []
+        for index, cell in enumerate(cells):
+            decision, tat = gcra(stored.get(cell.key, now), now, cell.interval, cell.burst)
+            if not decision.allowed:
+                return Decision(False, decision.retry_after, index)
+            new_tats.append(tat)
+        for cell, tat in zip(cells, new_tats, strict=True):
+            stored[cell.key] = tat
+            stored.move_to_end(cell.key)
+        while len(stored) > self.max_rate_cells:
             # Evicting the least recently seen cell only forgets a limit (the safe direction for
             # memory); a full replay set, by contrast, must refuse.
-            cells.popitem(last=False)
-        return decision
+            stored.popitem(last=False)
+        return ALLOWED
+
+    async def admit(self, key: str, ttl: float, quota: Cell | None) -> Decision:
+        now = time.monotonic()
+        self._expire(now)
+        if key in self._expiry:
+            return Decision(False, replayed=True)
+        if quota is not None:
+            decision = self._take((quota,), now)
+            if not decision.allowed:
+                return decision
+        self._record(key, now, ttl)
+        return ALLOWED
 
     def __len__(self) -> int:
         return len(self._expiry)

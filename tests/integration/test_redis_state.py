@@ -73,5 +73,25 @@ async def test_redis_down_fail_open_uses_per_process_state(upstream, gateway_fac
     assert (await gw.token(ES.assertion()))[0] == 429
     async with gw.session.get(gw.admin_url + "/metrics") as response:
         text = await response.text()
-    assert 'bearer_gateway_state_errors_total{decision="fail_open",operation="replay"}' in text
+    assert 'bearer_gateway_state_errors_total{decision="fail_open",operation="admission"}' in text
     assert 'bearer_gateway_state_errors_total{decision="fail_open",operation="rate_limit"}' in text
+
+
+async def test_three_round_trips_per_accepted_request(upstream, gateway_factory, redis_server):
+    import redis
+
+    every_limit = {"per_ip": {"rate": "100/s", "burst": 100}, "global": {"rate": "100/s", "burst": 100},
+                   "per_issuer_unverified": {"rate": "100/s", "burst": 100},
+                   "per_client": {"rate": "100/s", "burst": 100}}
+    gw = await gateway_factory(redis_config(upstream, redis_server.url, rate_limits=every_limit))
+    assert (await gw.token(ES.assertion()))[0] == 200  # loads the scripts
+    client = redis.Redis.from_url(redis_server.url)
+    client.config_resetstat()
+    assert (await gw.token(ES.assertion()))[0] == 200
+    stats = client.info("commandstats")
+    client.close()
+    calls = {name: value["calls"] for name, value in stats.items()}
+    # Stage 5 (per-IP + global), stage 10 (per-issuer guard), stages 14 + 13 (quota + jti): one script
+    # each. (commandstats also counts the commands the scripts run inside Redis.)
+    assert calls["cmdstat_evalsha"] == 3 and "cmdstat_eval" not in calls, calls
+    assert calls["cmdstat_set"] == 5  # four cells and the jti, all written by the three scripts

@@ -1,0 +1,52 @@
+"""Stages 14 and 13 in one atomic state call: the proven client's quota, then its jti, once.
+
+RFC 7523 §3 item 7: each (iss, jti) is accepted once for the assertion's remaining life. Both run
+only after the signature verified, so a forger can spend neither a client's quota nor its jti.
+A replay is refused before any quota is spent; an assertion over quota is not recorded, so it
+can be retried after Retry-After.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway.checks.context import RequestContext
+from gateway.checks.rate_limits import Limit, Limiter
+from gateway.config.model import Bucket
+from gateway.errors import Reason, Rejection
+from gateway.metrics import metrics
+from gateway.state.base import StateUnavailable
+
+
+class ClientAdmission:
+    stage = "client_admission"
+
+    def __init__(self, limiter: Limiter, default_quota: Bucket | None, clock_skew: float) -> None:
+        self.limiter = limiter
+        self.default_quota = default_quota
+        self.skew = clock_skew
+
+    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+        assert ctx.jws is not None and ctx.client is not None
+        client = ctx.client
+        claims = ctx.jws.payload
+        # Keep the jti until exp + skew: after that the claims stage refuses the assertion anyway.
+        ttl = float(claims["exp"]) + self.skew - time.time() + 1.0
+        key = f"{client.client_id}\x00{claims['jti']}"
+        bucket = client.config.rate_limit or self.default_quota
+        limits = [Limit("per_client", bucket, Reason.CLIENT_QUOTA_EXCEEDED)] if bucket is not None else []
+        quota = limits[0].cell(client.client_id) if limits else None
+        try:
+            decision = await self.limiter.state.admit(key, ttl, quota)
+        except StateUnavailable as exc:
+            fallback = self.limiter.unavailable("admission", exc)
+            if fallback is None:
+                return Rejection(Reason.STATE_UNAVAILABLE, self.stage, retry_after=1.0)
+            decision = await fallback.admit(key, ttl, quota)
+        if decision.replayed:
+            metrics().replay_hits.labels(client.client_id).inc()
+            return Rejection(Reason.REPLAY, self.stage)
+        self.limiter.count(limits, decision)
+        if not decision.allowed:
+            return Rejection(Reason.CLIENT_QUOTA_EXCEEDED, self.stage, retry_after=max(decision.retry_after, 1.0))
+        return None
