@@ -21,8 +21,8 @@ fi
 
 # Bench-only Python dependencies (plot, profiler); not part of the gateway's install.
 if ! "$VENV_BIN/python" -c 'import matplotlib' 2>/dev/null || [ ! -x "$VENV_BIN/py-spy" ]; then
-    echo "bench: installing matplotlib and py-spy into the venv"
-    "$VENV_BIN/pip" install -q matplotlib py-spy
+    echo "bench: installing the bench extra (matplotlib, py-spy) into the venv"
+    "$VENV_BIN/pip" install -q -e '.[bench]'
 fi
 
 exec "$VENV_BIN/python" -m bench.run "$@"
