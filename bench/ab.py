@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from bench.assertions import forged_bodies, new_client, unknown_issuer_bodies
-from bench.procs import ROOT, cpu_count, free_port, start_nginx
+from bench.procs import cpu_count, export, free_port, start_nginx
 from bench.scenarios import Bodies, Scenario, Settings, Side, alternate
 from bench.servers import Bench, Server, gateway_config, start_gateway
-
-
-def export(rev: str, into: Path) -> Path:
-    """The `gateway` package as it is at `rev`, extracted with git archive."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", rev, "gateway"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def main() -> None:

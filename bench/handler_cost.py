@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.procs import ROOT, VENV_BIN
+from bench.procs import ROOT, VENV_BIN, export
 
 _CHILD = r"""
 import asyncio, json, sys, time
@@ -83,13 +83,6 @@ async def main():
 
 uvloop.run(main())
 """
-
-
-def export(rev: str, into: Path) -> Path:
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", rev, "gateway"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def main() -> None:

@@ -233,3 +233,11 @@ def _children(pid: int) -> list[int]:
             with contextlib.suppress(OSError):
                 out += [int(c) for c in (task / "children").read_text().split()]
     return out
+
+
+def export(rev: str, into: Path) -> Path:
+    """The `gateway` package as it is at `rev`, extracted with git archive (for before/after runs)."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev, "gateway"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into

@@ -228,6 +228,16 @@ class Runner:
             self._servers.append(server)
         return server
 
+    def _required_gateway(self, name: str, **options: Any) -> Server:
+        """A gateway this scenario cannot do without: a refusal fails the scenario."""
+        server = self._gateway(name, **options)
+        if isinstance(server, str):
+            raise RuntimeError(server)
+        return server
+
+    def _alternate(self, sc: Scenario, a: Side, b: Side) -> None:
+        alternate(self.bench, sc, a, b, self.settings, load_cpus=self.bench.load_cpus)
+
     def _reference(self, kind: str, key: BenchClient | None = None) -> Server:
         server = start_reference(self.bench, kind, key=key, cpus=self.bench.server_cpus)
         self._servers.append(server)
@@ -279,17 +289,12 @@ class Runner:
     def cheap_reject(self) -> Scenario:
         def body(sc: Scenario) -> None:
             unknown = unknown_issuer_bodies(2000)
-            gw = self._gateway("gw-reject", cpus=self.bench.server_cpus)
-            if isinstance(gw, str):
-                raise RuntimeError(gw)
+            gw = self._required_gateway("gw-reject", cpus=self.bench.server_cpus)
             ref = self._reference("reject")
-            alternate(
-                self.bench,
+            self._alternate(
                 sc,
                 Side(gw, Bodies(self.bench, "unknown-iss", cycle=unknown), 401),
                 Side(ref, Bodies(self.bench, "unknown-iss-ref", cycle=unknown), 400),
-                self.settings,
-                load_cpus=self.bench.load_cpus,
             )
 
         return self._scenario(
@@ -307,17 +312,12 @@ class Runner:
     def forged(self) -> Scenario:
         def body(sc: Scenario) -> None:
             forged = forged_bodies(self.rs, 2000)
-            gw = self._gateway("gw-forged", cpus=self.bench.server_cpus)
-            if isinstance(gw, str):
-                raise RuntimeError(gw)
+            gw = self._required_gateway("gw-forged", cpus=self.bench.server_cpus)
             ref = self._reference("verify-proxy", self.rs)
-            alternate(
-                self.bench,
+            self._alternate(
                 sc,
                 Side(gw, Bodies(self.bench, "forged", cycle=forged), 401),
                 Side(ref, Bodies(self.bench, "forged-ref", cycle=forged), 401),
-                self.settings,
-                load_cpus=self.bench.load_cpus,
             )
 
         return self._scenario(
@@ -334,21 +334,12 @@ class Runner:
 
     def accept(self, client: BenchClient) -> Scenario:
         def body(sc: Scenario) -> None:
-            gw = self._gateway(f"gw-accept-{client.alg.lower()}", cpus=self.bench.server_cpus)
-            if isinstance(gw, str):
-                raise RuntimeError(gw)
+            gw = self._required_gateway(f"gw-accept-{client.alg.lower()}", cpus=self.bench.server_cpus)
             ref = self._reference("verify-proxy", client)
             mine = Bodies(self.bench, f"valid-{client.alg.lower()}", client=client)
             # The reference keeps no replay set: it cycles a fixed set of valid assertions.
             theirs = Bodies(self.bench, f"valid-{client.alg.lower()}-ref", cycle=mint_bodies(client, 3000))
-            alternate(
-                self.bench,
-                sc,
-                Side(gw, mine, 200),
-                Side(ref, theirs, 200),
-                self.settings,
-                load_cpus=self.bench.load_cpus,
-            )
+            self._alternate(sc, Side(gw, mine, 200), Side(ref, theirs, 200))
 
         number = "3a" if client.alg == "RS256" else "3b"
         return self._scenario(
@@ -372,23 +363,14 @@ class Runner:
             if isinstance(redis_gw, str):
                 sc.status = f"not available: {redis_gw}"
                 return
-            mem_gw = self._gateway("gw-memory", cpus=self.bench.server_cpus)
-            if isinstance(mem_gw, str):
-                raise RuntimeError(mem_gw)
+            mem_gw = self._required_gateway("gw-memory", cpus=self.bench.server_cpus)
             redis_side = Side(redis_gw, Bodies(self.bench, "valid-redis", client=self.rs), 200)
             _run(self.bench, redis_side, self.settings, 1.0, cpus=self.bench.load_cpus)
             problem = self._redis_problem(redis_gw)
             if problem:
                 sc.status = f"not available: {problem}"
                 return
-            alternate(
-                self.bench,
-                sc,
-                redis_side,
-                Side(mem_gw, Bodies(self.bench, "valid-mem", client=self.rs), 200),
-                self.settings,
-                load_cpus=self.bench.load_cpus,
-            )
+            self._alternate(sc, redis_side, Side(mem_gw, Bodies(self.bench, "valid-mem", client=self.rs), 200))
 
         return self._scenario(
             Scenario(
@@ -447,9 +429,7 @@ class Runner:
     def latency(self, saturation: float | None) -> Scenario:
         def body(sc: Scenario) -> None:
             rate = saturation
-            gw = self._gateway("gw-latency", cpus=self.bench.server_cpus)
-            if isinstance(gw, str):
-                raise RuntimeError(gw)
+            gw = self._required_gateway("gw-latency", cpus=self.bench.server_cpus)
             mine = Bodies(self.bench, "valid-latency", client=self.rs)
             if not rate:
                 rate = _run(

@@ -175,8 +175,11 @@ def cmd_assertion(args: argparse.Namespace) -> int:
 
 
 def _kid(value: str) -> str:
-    if not value or len(value) > 128 or not all(c.isalnum() or c in "._:+=-" for c in value):
-        raise argparse.ArgumentTypeError("expected 1-128 characters of A-Z a-z 0-9 . _ : + = -")
+    from gateway.checks.header_policy import KID_PATTERN
+
+    # The kid the gateway itself would accept in a header (RFC 8725 §3.10).
+    if len(value) > 128 or not KID_PATTERN.match(value) or ".." in value:
+        raise argparse.ArgumentTypeError("expected 1-128 characters of A-Z a-z 0-9 . _ : + = -, no '..'")
     return value
 
 

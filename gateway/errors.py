@@ -146,11 +146,6 @@ _BODIES: dict[tuple[str, Row], bytes] = {
 }
 
 
-def status_of(rejection: Rejection, profile: str) -> tuple[int, str]:
-    status, error, _ = PROFILES[profile][rejection.reason.row]
-    return status, error
-
-
 def error_response(rejection: Rejection, profile: str) -> web.Response:
     """The RFC 6749 §5.2 JSON error body for a rejection under the given error profile."""
     status = PROFILES[profile][rejection.reason.row][0]

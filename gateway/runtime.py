@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -232,6 +231,3 @@ class Runtime:
             await upstream.close()
         if not keep_state:
             await self.state.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"clients": len(self.clients), "gateway_keys": [k.kid for k in self.gateway_keys]}

@@ -9,6 +9,7 @@ can be retried after Retry-After.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from gateway.checks.context import RequestContext
 from gateway.checks.rate_limits import Limit, Limiter
@@ -16,6 +17,9 @@ from gateway.config.model import Bucket
 from gateway.errors import Reason, Rejection
 from gateway.metrics import metrics
 from gateway.state.base import StateUnavailable
+
+if TYPE_CHECKING:
+    from gateway.runtime import ClientRuntime
 
 
 class ClientAdmission:
@@ -25,6 +29,16 @@ class ClientAdmission:
         self.limiter = limiter
         self.default_quota = default_quota
         self.skew = clock_skew
+        # Per client id: its quota as a limit (own rate_limit, else the default), built once.
+        self._quotas: dict[str, list[Limit]] = {}
+
+    def _quota(self, client: ClientRuntime) -> list[Limit]:
+        limits = self._quotas.get(client.client_id)
+        if limits is None:
+            bucket = client.config.rate_limit or self.default_quota
+            limits = [Limit("per_client", bucket, Reason.CLIENT_QUOTA_EXCEEDED)] if bucket is not None else []
+            self._quotas[client.client_id] = limits
+        return limits
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
         assert ctx.jws is not None and ctx.client is not None
@@ -33,8 +47,7 @@ class ClientAdmission:
         # Keep the jti until exp + skew: after that the claims stage refuses the assertion anyway.
         ttl = float(claims["exp"]) + self.skew - time.time() + 1.0
         key = f"{client.client_id}\x00{claims['jti']}"
-        bucket = client.config.rate_limit or self.default_quota
-        limits = [Limit("per_client", bucket, Reason.CLIENT_QUOTA_EXCEEDED)] if bucket is not None else []
+        limits = self._quota(client)
         quota = limits[0].cell(client.client_id) if limits else None
         try:
             decision = await self.limiter.state.admit(key, ttl, quota)

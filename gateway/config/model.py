@@ -109,7 +109,7 @@ class Profile(Section):
 
     @field_validator("algorithms", "audiences")
     @classmethod
-    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _unique_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(value)) != len(value):
             raise ValueError("entries must be unique")
         return value

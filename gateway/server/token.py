@@ -12,7 +12,6 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from yarl import URL
 
 from gateway.audit import write_audit
 from gateway.checks.context import RequestContext
@@ -37,7 +36,7 @@ _CREDENTIAL_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 class Outcome:
     """What the audit line and the metrics say about one request."""
 
-    __slots__ = ("address", "client", "grant", "reason", "request_id", "stage", "status", "upstream_status")
+    __slots__ = ("address", "client", "grant", "reason", "request_id", "stage", "upstream_status")
 
     def __init__(self) -> None:
         self.request_id = "-"
@@ -46,7 +45,6 @@ class Outcome:
         self.grant = "none"
         self.reason = "ok"
         self.stage = "-"
-        self.status = 0
         self.upstream_status: int | None = None
 
 
@@ -54,38 +52,40 @@ def runtime_of(request: web.Request) -> Runtime:
     return request.app[RUNTIME]  # type: ignore[return-value]
 
 
-def client_address(request: web.Request, runtime: Runtime) -> str:
-    """The caller's address; X-Forwarded-For is honoured only from a trusted proxy."""
-    peer = request.remote or "-"
-    trusted = runtime.config.listen.trusted_proxies
-    if not trusted or peer == "-":
-        return peer
-    try:
-        chain = [ip_address(peer)]
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-        # Walk from the nearest hop outwards; the first untrusted address is the client.
-        for hop in reversed(hops):
-            if not any(chain[-1] in net for net in trusted):
-                break
-            chain.append(ip_address(hop))
-        return str(chain[-1])
-    except ValueError:
-        return peer
+class Caller:
+    """Where a request comes from: the peer, whether it is a trusted proxy, and the client address."""
 
+    __slots__ = ("address", "peer", "via_proxy")
 
-def forwarding_headers(request: web.Request, address: str, runtime: Runtime) -> dict[str, str]:
-    peer = request.remote or ""
-    proto = request.scheme
-    existing = request.headers.get("X-Forwarded-For")
-    trusted = runtime.config.listen.trusted_proxies
-    from_proxy = False
-    with contextlib.suppress(ValueError):
-        from_proxy = bool(trusted) and any(ip_address(peer) in net for net in trusted)
-    if from_proxy:
-        proto = request.headers.get("X-Forwarded-Proto", proto)
-    chain = f"{existing}, {peer}" if (from_proxy and existing) else peer
-    return {"X-Forwarded-For": chain, "X-Forwarded-Proto": proto}
+    def __init__(self, request: web.Request, runtime: Runtime) -> None:
+        self.peer = request.remote or "-"
+        self.address = self.peer
+        self.via_proxy = False
+        trusted = runtime.config.listen.trusted_proxies
+        if not trusted or self.peer == "-":
+            return
+        try:
+            chain = [ip_address(self.peer)]
+            self.via_proxy = any(chain[0] in net for net in trusted)
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+            # X-Forwarded-For is honoured only from a trusted proxy: walk from the nearest hop
+            # outwards; the first untrusted address is the client.
+            for hop in reversed(hops):
+                if not any(chain[-1] in net for net in trusted):
+                    break
+                chain.append(ip_address(hop))
+            self.address = str(chain[-1])
+        except ValueError:
+            self.address = self.peer
+
+    def forwarding_headers(self, request: web.Request) -> dict[str, str]:
+        """X-Forwarded-For/-Proto for the AS: a trusted proxy's chain is extended, anyone else's replaced."""
+        existing = request.headers.get("X-Forwarded-For")
+        proto = request.headers.get("X-Forwarded-Proto", request.scheme) if self.via_proxy else request.scheme
+        peer = "" if self.peer == "-" else self.peer
+        chain = f"{existing}, {peer}" if (self.via_proxy and existing) else peer
+        return {"X-Forwarded-For": chain, "X-Forwarded-Proto": proto}
 
 
 async def read_body(request: web.Request, runtime: Runtime) -> bytes | Rejection:
@@ -174,14 +174,14 @@ class TokenHandler:
         given = request.headers.get("X-Request-Id", "")
         # 128 random bits in hex, as uuid4().hex but without building a UUID object (a profile hot spot).
         outcome.request_id = given if 0 < len(given) <= 64 and given.isprintable() else os.urandom(16).hex()
-        address = client_address(request, runtime)
-        outcome.address = address
+        caller = Caller(request, runtime)
+        outcome.address = caller.address
         # Stage 1: route.
         if request.path not in config.token_paths:
             if config.passthrough.other_paths == "deny":
                 return self._reject(Rejection(Reason.PATH_DENIED, "route"), runtime, outcome)
             outcome.grant = "other_path"
-            return await self._passthrough(request, runtime, outcome, address, None)
+            return await self._passthrough(request, runtime, outcome, caller, None)
         if request.method != "POST":
             return self._reject(Rejection(Reason.METHOD_NOT_ALLOWED, "route"), runtime, outcome)
         if not content_type_ok(request):
@@ -203,19 +203,19 @@ class TokenHandler:
             outcome.grant = "other"
             if config.passthrough.other_grants == "deny":
                 return self._reject(Rejection(Reason.GRANT_TYPE_DENIED, "dispatch"), runtime, outcome)
-            return await self._passthrough(request, runtime, outcome, address, body)
+            return await self._passthrough(request, runtime, outcome, caller, body)
         outcome.grant = "jwt-bearer"
-        return await self._jwt_bearer(request, runtime, outcome, address, form)
+        return await self._jwt_bearer(request, runtime, outcome, caller, form)
 
     async def _jwt_bearer(
         self,
         request: web.Request,
         runtime: Runtime,
         outcome: Outcome,
-        address: str,
+        caller: Caller,
         form: dict[str, str],
     ) -> web.StreamResponse:
-        ctx = RequestContext(request=request, form=form, client_address=address, received_at=time.time())
+        ctx = RequestContext(request=request, form=form, client_address=caller.address, received_at=time.time())
         m = metrics()
         stage_timer = m.stage_duration
         for check in runtime.pipeline:
@@ -231,7 +231,7 @@ class TokenHandler:
         assert client is not None and ctx.key is not None  # the signature stage passed
         outcome.client = client.client_id
         body, headers = client.builder.build(ctx)
-        headers.update(forwarding_headers(request, address, runtime))
+        headers.update(caller.forwarding_headers(request))
         answer = await client.upstream.send("POST", client.upstream.token_url, body, headers)
         if isinstance(answer, Rejection):
             return self._reject(answer, runtime, outcome)
@@ -257,12 +257,10 @@ class TokenHandler:
             and (b"refresh_token" in answer.body or b"\\" in answer.body)
         )
         if relevant and answer.headers.get("Content-Type", "").startswith("application/json"):
-            try:
+            with contextlib.suppress(ValueError):
                 document = json.loads(answer.body)
-            except ValueError:
-                document = None
         if (
-            answer.status in (400, 401)
+            status in (400, 401)
             and isinstance(document, dict)
             and document.get("error") in _CREDENTIAL_ERRORS
             and client.injects_credentials
@@ -277,7 +275,7 @@ class TokenHandler:
             return self._reject(Rejection(Reason.UPSTREAM_REJECTED_CREDENTIALS, "response"), runtime, outcome)
         body = answer.body
         if (
-            answer.status == 200
+            status == 200
             and runtime.config.profile.drop_refresh_token
             and isinstance(document, dict)
             and "refresh_token" in document
@@ -285,24 +283,24 @@ class TokenHandler:
             # CAMARA SI: the answer MUST NOT carry a refresh token.
             del document["refresh_token"]
             body = json.dumps(document, separators=(",", ":")).encode()
-        if answer.status >= 400:
+        if status >= 400:
             outcome.reason, outcome.stage = "upstream_error", "response"
         headers = end_to_end_headers(answer.headers, up=False)
         headers.popall("Content-Encoding", None)
         for name, value in NO_STORE_HEADERS.items():
             headers.setdefault(name, value)
-        return web.Response(status=answer.status, body=body, headers=headers)
+        return web.Response(status=status, body=body, headers=headers)
 
     async def _passthrough(
         self,
         request: web.Request,
         runtime: Runtime,
         outcome: Outcome,
-        address: str,
+        caller: Caller,
         body: bytes | None,
     ) -> web.StreamResponse:
         """Other grants and (by policy) other paths go to the AS as they came, headers cleaned."""
-        ctx = RequestContext(request=request, form={}, client_address=address, received_at=time.time())
+        ctx = RequestContext(request=request, form={}, client_address=caller.address, received_at=time.time())
         for check in runtime.passthrough_checks:
             rejection = await check(ctx)
             if rejection is not None:
@@ -318,8 +316,8 @@ class TokenHandler:
         else:
             url = upstream.origin.with_path(request.path).with_query(request.query_string)
         headers = end_to_end_headers(request.headers, up=True)
-        headers.update(forwarding_headers(request, address, runtime))
-        answer = await upstream.send(request.method, URL(url), body, headers)
+        headers.update(caller.forwarding_headers(request))
+        answer = await upstream.send(request.method, url, body, headers)
         if isinstance(answer, Rejection):
             return self._reject(answer, runtime, outcome)
         outcome.upstream_status = answer.status

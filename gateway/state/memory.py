@@ -43,15 +43,6 @@ class MemoryState:
             if self._expiry.get(key) == expiry:
                 del self._expiry[key]
 
-    async def claim_once(self, key: str, ttl: float) -> bool:
-        """Record `key` for `ttl` seconds if absent; False when it was already there."""
-        now = time.monotonic()
-        self._expire(now)
-        if key in self._expiry:
-            return False
-        self._record(key, now, ttl)
-        return True
-
     def _record(self, key: str, now: float, ttl: float) -> None:
         if len(self._expiry) >= self.max_entries:
             # Forgetting a live jti would allow a replay; refusing new assertions is the safe side.
