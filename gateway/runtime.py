@@ -12,6 +12,7 @@ import aiohttp
 from gateway.checks.context import Check
 from gateway.checks.pipeline import build_pipeline, request_limits
 from gateway.checks.rate_limits import Limiter
+from gateway.clients import ClientRuntime
 from gateway.config.load import ConfigError
 from gateway.config.model import Client, GatewayConfig
 from gateway.jose.jwks_remote import RemoteJWKS, RemoteJWKSSettings
@@ -19,7 +20,6 @@ from gateway.jose.keys import (
     RSA_ALGORITHMS,
     KeyLoadError,
     KeySet,
-    VerificationKey,
     key_from_pem,
     keys_from_jwks,
 )
@@ -27,40 +27,10 @@ from gateway.jose.signing import SigningKey, load_signing_key
 from gateway.metrics import metrics
 from gateway.state import StateBackend, create_state
 from gateway.upstream.builder import UpstreamRequestBuilder
-from gateway.upstream.client_auth import InjectedAuth
 from gateway.upstream.forward import UpstreamClient
+from gateway.upstream.injected_auth import InjectedAuth
 
 log = logging.getLogger("bearer_gateway")
-
-
-class ClientRuntime:
-    """A configured client, ready for the hot path: keys parsed, upstream request builder prepared."""
-
-    def __init__(
-        self,
-        config: Client,
-        algorithms: frozenset[str],
-        keys: KeySet | None,
-        remote: RemoteJWKS | None,
-        builder: UpstreamRequestBuilder,
-        upstream: UpstreamClient,
-    ) -> None:
-        self.config = config
-        self.client_id = config.client_id
-        self.enabled = config.enabled
-        self.algorithms = algorithms
-        self.jwt_bearer_allowed = "jwt-bearer" in config.grant_types
-        self.keys = keys
-        self.remote = remote
-        self.builder = builder
-        self.upstream = upstream
-        self.injects_credentials = config.upstream.client_auth.method != "none"
-
-    async def select_key(self, kid: str | None) -> VerificationKey | None:
-        if self.keys is not None:
-            return self.keys.select(kid)
-        assert self.remote is not None
-        return await self.remote.select(kid)
 
 
 def _read(path: Path, source: str) -> bytes:

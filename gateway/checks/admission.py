@@ -19,7 +19,7 @@ from gateway.metrics import metrics
 from gateway.state.base import StateUnavailable
 
 if TYPE_CHECKING:
-    from gateway.runtime import ClientRuntime
+    from gateway.clients import ClientRuntime
 
 
 class ClientAdmission:

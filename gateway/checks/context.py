@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -10,9 +10,10 @@ from aiohttp import web
 from gateway.errors import Rejection
 
 if TYPE_CHECKING:
+    from gateway.clients import ClientRuntime
     from gateway.jose.jws import CompactJWS
     from gateway.jose.keys import VerificationKey
-    from gateway.runtime import ClientRuntime
+    from gateway.upstream.builder import CallerCredentials
 
 
 @dataclass(slots=True)
@@ -24,11 +25,8 @@ class RequestContext:
     jws: CompactJWS | None = None
     client: ClientRuntime | None = None
     key: VerificationKey | None = None
-    # Incoming client authentication to remove before forwarding (policy `strip`).
-    strip_client_auth: bool = False
-    # Policy `forward`: the caller's own client authentication goes upstream instead of ours.
-    caller_client_auth: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    # Policy `forward`: the caller's own client authentication, sent upstream instead of ours.
+    caller_credentials: CallerCredentials | None = None
 
     @property
     def claims(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from gateway.checks.context import RequestContext
 from gateway.errors import Reason, Rejection
 
 if TYPE_CHECKING:
-    from gateway.runtime import ClientRuntime
+    from gateway.clients import ClientRuntime
 
 
 class Issuer:

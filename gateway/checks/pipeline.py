@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from gateway.checks.admission import ClientAdmission
 from gateway.checks.assertion_shape import AssertionShape
 from gateway.checks.claims import Claims
-from gateway.checks.client_auth import ClientAuthConflict
 from gateway.checks.context import Check
 from gateway.checks.header_policy import HeaderPolicy
+from gateway.checks.incoming_auth import ClientAuthConflict
 from gateway.checks.issuer import Issuer
 from gateway.checks.rate_limits import IssuerGuard, Limiter, RequestLimits
 from gateway.checks.request_rules import RequestRules
@@ -18,7 +18,7 @@ from gateway.checks.signature import ClientGrant, Signature
 from gateway.config.model import GatewayConfig
 
 if TYPE_CHECKING:
-    from gateway.runtime import ClientRuntime
+    from gateway.clients import ClientRuntime
 
 
 def request_limits(config: GatewayConfig, limiter: Limiter) -> tuple[Check, ...]:

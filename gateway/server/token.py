@@ -22,7 +22,8 @@ from gateway.upstream.builder import JWT_BEARER
 from gateway.upstream.forward import UpstreamAnswer, end_to_end_headers
 
 if TYPE_CHECKING:
-    from gateway.runtime import ClientRuntime, Runtime
+    from gateway.clients import ClientRuntime
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("bearer_gateway")
 
@@ -230,7 +231,7 @@ class TokenHandler:
         client = ctx.client
         assert client is not None and ctx.key is not None  # the signature stage passed
         outcome.client = client.client_id
-        body, headers = client.builder.build(ctx)
+        body, headers = client.builder.build(ctx.form, ctx.claims, ctx.caller_credentials)
         headers.update(caller.forwarding_headers(request))
         answer = await client.upstream.send("POST", client.upstream.token_url, body, headers)
         if isinstance(answer, Rejection):
@@ -264,7 +265,7 @@ class TokenHandler:
             and isinstance(document, dict)
             and document.get("error") in _CREDENTIAL_ERRORS
             and client.injects_credentials
-            and not ctx.caller_client_auth
+            and ctx.caller_credentials is None
         ):
             metrics().misconfigurations.labels(client.client_id).inc()
             log.error(

@@ -1,20 +1,29 @@
-"""Stage 16: the request an unmodified AS accepts, built from a fully verified assertion."""
+"""Stage build: the request an unmodified AS accepts, built from a fully verified assertion."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from multidict import CIMultiDict
 
-from gateway.checks.context import RequestContext
 from gateway.config.model import ClientUpstream
 from gateway.jose.signing import SigningKey
-from gateway.upstream.client_auth import InjectedAuth
+from gateway.upstream.injected_auth import InjectedAuth
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class CallerCredentials:
+    """The caller's own client authentication (profile.incoming_client_auth: forward), sent as it came."""
+
+    form: Mapping[str, str]
+    authorization: str | None = None
 
 
 class UpstreamRequestBuilder:
@@ -37,7 +46,7 @@ class UpstreamRequestBuilder:
         self.issuer = gateway_issuer
         self.gateway_key = gateway_key
 
-    def resign(self, claims: dict[str, Any]) -> str:
+    def resign(self, claims: Mapping[str, Any]) -> str:
         """A new assertion from the gateway as trusted issuer (design: Upstream modes, resign)."""
         assert self.gateway_key is not None and self.audience is not None
         now = int(time.time())
@@ -58,26 +67,26 @@ class UpstreamRequestBuilder:
                 new[name] = claims[name]
         return self.gateway_key.sign(new)
 
-    def build(self, ctx: RequestContext) -> tuple[bytes, CIMultiDict[str]]:
-        """The upstream form body and headers; credentials injected unless the caller brings its own."""
-        claims = ctx.claims
-        assertion = ctx.form["assertion"] if self.mode == "forward" else self.resign(claims)
-        form = {"grant_type": JWT_BEARER, "assertion": assertion}
-        if self.scope_parameter and isinstance(claims.get("scope"), str):
+    def build(
+        self, form: Mapping[str, str], claims: Mapping[str, Any], caller: CallerCredentials | None = None
+    ) -> tuple[bytes, CIMultiDict[str]]:
+        """The upstream form body and headers for the verified request `form` with assertion `claims`;
+        the client's credentials are injected unless the caller brings its own."""
+        assertion = form["assertion"] if self.mode == "forward" else self.resign(claims)
+        out = {"grant_type": JWT_BEARER, "assertion": assertion}
+        scope = claims.get("scope")
+        if self.scope_parameter and isinstance(scope, str):
             # Keycloak reads the requested scope from the form parameter, not from the assertion.
-            form["scope"] = claims["scope"]
+            out["scope"] = scope
         headers: CIMultiDict[str] = CIMultiDict()
         headers["Content-Type"] = "application/x-www-form-urlencoded"
         headers["Accept"] = "application/json"
         # Identity: the gateway reads the answer (drops refresh_token) and must see plain JSON.
         headers["Accept-Encoding"] = "identity"
-        if ctx.caller_client_auth:
-            for name in ("client_id", "client_secret", "client_assertion", "client_assertion_type"):
-                if name in ctx.form:
-                    form[name] = ctx.form[name]
-            authorization = ctx.request.headers.get("Authorization")
-            if authorization:
-                headers["Authorization"] = authorization
+        if caller is not None:
+            out.update(caller.form)
+            if caller.authorization:
+                headers["Authorization"] = caller.authorization
         else:
-            self.auth.apply(form, headers)
-        return urlencode(form).encode("ascii"), headers
+            self.auth.apply(out, headers)
+        return urlencode(out).encode("ascii"), headers

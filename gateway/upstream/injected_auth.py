@@ -13,6 +13,9 @@ from gateway.config.model import ClientAuth
 from gateway.jose.signing import SigningKey
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# The form parameters that carry client authentication (RFC 6749 §2.3.1, RFC 7521 §4.2), besides the
+# Authorization header: what the gateway injects, and what it looks for in an incoming request.
+CLIENT_AUTH_PARAMETERS = ("client_id", "client_secret", "client_assertion", "client_assertion_type")
 CLIENT_ASSERTION_LIFETIME = 60
 
 

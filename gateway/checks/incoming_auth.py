@@ -1,4 +1,4 @@
-"""Stage 6: incoming client authentication besides the assertion (RFC 6749 §2.3: one method only)."""
+"""Stage client_auth_conflict: incoming client authentication besides the assertion (RFC 6749 §2.3: one method only)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Literal
 
 from gateway.checks.context import RequestContext
 from gateway.errors import Reason, Rejection
-
-CLIENT_AUTH_PARAMETERS = ("client_id", "client_secret", "client_assertion", "client_assertion_type")
+from gateway.upstream.builder import CallerCredentials
+from gateway.upstream.injected_auth import CLIENT_AUTH_PARAMETERS
 
 
 class ClientAuthConflict:
@@ -20,15 +20,18 @@ class ClientAuthConflict:
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
         form = ctx.form
-        present = "Authorization" in ctx.request.headers or any(p in form for p in CLIENT_AUTH_PARAMETERS)
+        authorization = ctx.request.headers.get("Authorization")
+        present = authorization is not None or any(p in form for p in CLIENT_AUTH_PARAMETERS)
         if not present:
             return None
         if self.policy == "reject":
             return Rejection(Reason.CLIENT_AUTH_CONFLICT, self.stage)
         if self.policy == "strip":
-            ctx.strip_client_auth = True
             for name in CLIENT_AUTH_PARAMETERS:
                 form.pop(name, None)
         else:
-            ctx.caller_client_auth = True
+            # Policy `forward`: the caller's own client authentication goes upstream instead of ours.
+            ctx.caller_credentials = CallerCredentials(
+                {name: form[name] for name in CLIENT_AUTH_PARAMETERS if name in form}, authorization or None
+            )
         return None
