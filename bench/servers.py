@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import yaml
 
 from bench.assertions import AUDIENCE, BenchClient
-from bench.procs import VENV_BIN, Proc, free_port, pinned, wait_http
+from bench.procs import ROOT, VENV_BIN, Proc, free_port, pinned, wait_http
 
 TOKEN_PATH = "/oauth2/token"
 # Rate limits are parsed but not enforced yet; generous values keep them out of the way once they are,
@@ -102,6 +104,29 @@ def gateway_config(
     return config
 
 
+def gateway_command(*args: str) -> list[str]:
+    """`python -P ...`: -P keeps the current folder (the repository) off sys.path, so PYTHONPATH decides."""
+    return [str(VENV_BIN / "python"), "-P", *args]
+
+
+def gateway_env(source: Path | None) -> dict[str, str]:
+    """PYTHONPATH naming the tree whose `gateway` package runs: `source`, or this working tree."""
+    return {"PYTHONPATH": str(source or ROOT)}
+
+
+def gateway_origin(source: Path | None) -> Path:
+    """Where the `gateway` package a side imports really comes from (asked of the same interpreter and env)."""
+    out = subprocess.run(
+        gateway_command("-c", "import gateway; print(gateway.__file__)"),
+        cwd=ROOT,
+        env={**os.environ, **gateway_env(source)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return Path(out).resolve().parent
+
+
 def start_gateway(
     bench: Bench, name: str, config: dict[str, Any], *, cpus: str | None, source: Path | None = None
 ) -> Server | str:
@@ -114,10 +139,10 @@ def start_gateway(
     # The audit log (one JSON line per request, on stdout) goes to a file, as a deployment would keep it.
     proc = Proc(
         name,
-        pinned([str(VENV_BIN / "python"), "-m", "gateway.cli", "run", "-c", str(path)], cpus),
+        pinned(gateway_command("-m", "gateway.cli", "run", "-c", str(path)), cpus),
         bench.workdir,
         stdout=bench.workdir / f"{name}.audit.jsonl",
-        env={"PYTHONPATH": str(source)} if source else None,
+        env=gateway_env(source),
     )
     bench.started.append(proc)
     url = f"http://127.0.0.1:{config['listen']['port']}"
