@@ -13,8 +13,7 @@ import yaml
 
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
-
-ALGORITHM_CHOICES = ("ES256", "RS256", "PS256", "EdDSA")
+from gateway.jose.keys import ALGORITHM_NAMES
 
 
 def effective_config(config: GatewayConfig) -> str:
@@ -145,26 +144,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _infer_alg(pem: bytes) -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    key = serialization.load_pem_private_key(pem, password=None)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return "ES256"
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "EdDSA"
-    return "RS256"
-
-
 def cmd_assertion(args: argparse.Namespace) -> int:
     from gateway.jose.keys import KeyLoadError
     from gateway.jose.signing import load_signing_key, mint_assertion
 
     pem = Path(args.client_key).read_bytes()
     try:
-        alg = args.alg or _infer_alg(pem)
-        key = load_signing_key(pem, alg=alg, kid=args.kid or args.iss, source=args.client_key)
+        key = load_signing_key(pem, alg=args.alg, kid=args.kid or args.iss, source=args.client_key)
     except (KeyLoadError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -198,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     keygen = sub.add_parser("keygen", help="write a gateway signing key and print its public JWKS")
-    keygen.add_argument("--alg", choices=ALGORITHM_CHOICES, default="ES256")
+    keygen.add_argument("--alg", choices=ALGORITHM_NAMES, default="ES256")
     keygen.add_argument("--kid", required=True, type=_kid)
     keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
     keygen.add_argument("--force", action="store_true")
@@ -210,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     assertion.add_argument("--sub", required=True, help="tel:+<E.164> or operatortoken:<opaque>")
     assertion.add_argument("--aud", required=True, help="the gateway's token URL")
     assertion.add_argument("--scope", default="dpv:FraudPreventionAndDetection sim-swap:check")
-    assertion.add_argument("--alg", choices=ALGORITHM_CHOICES)
+    assertion.add_argument("--alg", choices=ALGORITHM_NAMES)
     assertion.add_argument("--kid")
     assertion.add_argument("--lifetime", type=int, default=300)
     assertion.set_defaults(func=cmd_assertion)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.config.model import GatewayConfig
+from gateway.jose.keys import ALGORITHM_NAMES
 
 
 def _file_problem(path: Path | None, key: str) -> list[tuple[str, str]]:
@@ -100,7 +101,7 @@ def check_consistency(config: GatewayConfig) -> list[tuple[str, str]]:
                     )
                 )
             if auth.private_key_file is not None and auth.alg is None:
-                problems.append((f"{auth_at}.alg", "private_key_file needs alg (RS256, PS256, ES256 or EdDSA)"))
+                problems.append((f"{auth_at}.alg", f"private_key_file needs alg ({', '.join(ALGORITHM_NAMES)})"))
             problems += _file_problem(auth.private_key_file, f"{auth_at}.private_key_file")
         if method == "tls_client_auth":
             if auth.cert_file is None or auth.key_file is None:

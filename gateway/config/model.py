@@ -16,9 +16,9 @@ from pydantic import (
 )
 
 from gateway.config.types import Duration, RateValue, SecretRef
+from gateway.jose.keys import ALGORITHM_NAMES
+from gateway.jose.keys import AlgorithmName as Algorithm
 
-# The only algorithms the gateway can verify or sign: asymmetric, never `none`, never HS* (RFC 8725 §3.1-3.2).
-Algorithm = Literal["RS256", "PS256", "ES256", "EdDSA"]
 SubjectFormat = Literal["tel", "operatortoken"]
 
 
@@ -99,7 +99,7 @@ class Profile(Section):
     audiences: tuple[str, ...] = ()
     max_lifetime: Duration = 300.0
     clock_skew: Duration = 0.0
-    algorithms: tuple[Algorithm, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    algorithms: tuple[Algorithm, ...] = ALGORITHM_NAMES
     required_claims: tuple[str, ...] = ("iss", "sub", "aud", "exp", "iat", "jti", "scope")
     subject_formats: tuple[SubjectFormat, ...] = ("tel", "operatortoken")
     forbid_scope_parameter: bool = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -16,22 +16,28 @@ from jwt.exceptions import InvalidKeyError
 
 __all__ = [
     "ALGORITHMS",
+    "ALGORITHM_NAMES",
     "ALGORITHM_OBJECTS",
     "MIN_RSA_BITS",
     "RSA_ALGORITHMS",
+    "AlgorithmName",
     "KeyLoadError",
     "KeySet",
     "PublicKey",
     "VerificationKey",
     "binding_problem",
     "describe_key",
+    "infer_alg",
     "key_from_pem",
     "keys_from_jwks",
 ]
 
-# RFC 8725 §3.1-3.2 and FAPI 2.0: the only algorithms the gateway can ever verify.
-# Asymmetric only: never "none", never HS*.
-ALGORITHMS: frozenset[str] = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
+# RFC 8725 §3.1-3.2 and FAPI 2.0: the only algorithms the gateway can ever verify or sign.
+# Asymmetric only: never "none", never HS*. The one list: the config model, the CLI and the
+# checks take it from here.
+AlgorithmName = Literal["RS256", "PS256", "ES256", "EdDSA"]
+ALGORITHM_NAMES: tuple[AlgorithmName, ...] = get_args(AlgorithmName)
+ALGORITHMS: frozenset[str] = frozenset(ALGORITHM_NAMES)
 RSA_ALGORITHMS: frozenset[str] = frozenset({"RS256", "PS256"})
 MIN_RSA_BITS = 2048  # FAPI 2.0 Security Profile (cryptography and secrets); NIST SP 800-131A
 
@@ -142,8 +148,9 @@ class VerificationKey:
         return jwk
 
 
-def _infer_alg(key: object, default_alg: str | None) -> str:
-    # RFC 8725 §3.1: without an explicit alg, bind by key type; RSA is ambiguous.
+def infer_alg(key: object, default_alg: str | None) -> str:
+    """The algorithm for a public key without an explicit alg (RFC 8725 §3.1: bind by key type);
+    RSA is ambiguous and takes `default_alg` (RS256 or PS256)."""
     if isinstance(key, ec.EllipticCurvePublicKey):
         return "ES256"
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
@@ -156,7 +163,7 @@ def _infer_alg(key: object, default_alg: str | None) -> str:
 
 
 def _bind(key: object, alg: str | None, kid: str | None, default_alg: str | None) -> VerificationKey:
-    bound_alg = alg if alg is not None else _infer_alg(key, default_alg)
+    bound_alg = alg if alg is not None else infer_alg(key, default_alg)
     problem = binding_problem(bound_alg, key)
     if problem is not None:
         raise KeyLoadError(problem)

@@ -22,11 +22,13 @@ from gateway.jose.keys import (
     KeyLoadError,
     VerificationKey,
     describe_key,
+    infer_alg,
 )
 
 __all__ = [
     "PrivateKey",
     "SigningKey",
+    "assertion_claims",
     "generate_private_key_pem",
     "load_signing_key",
     "mint_assertion",
@@ -93,9 +95,11 @@ class SigningKey:
         return self._verification_key
 
 
-def load_signing_key(pem: bytes, *, alg: str, kid: str, source: str) -> SigningKey:
-    """Load an unencrypted PEM private key for `alg`; KeyLoadError naming `source` otherwise."""
-    if alg not in ALGORITHMS:
+def load_signing_key(pem: bytes, *, alg: str | None, kid: str, source: str) -> SigningKey:
+    """Load an unencrypted PEM private key for `alg`; KeyLoadError naming `source` otherwise.
+
+    `alg` None binds the key by its type as for a public key (an RSA key signs RS256)."""
+    if alg is not None and alg not in ALGORITHMS:
         raise KeyLoadError(f"{source}: alg {alg!r} is not allowed (allowed: {', '.join(sorted(ALGORITHMS))})")
     if not kid:
         raise KeyLoadError(f"{source}: a signing key needs a non-empty kid")
@@ -107,9 +111,9 @@ def load_signing_key(pem: bytes, *, alg: str, kid: str, source: str) -> SigningK
     except (ValueError, UnsupportedAlgorithm):
         raise KeyLoadError(f"{source}: not a PEM private key") from None
     if not isinstance(key, _PRIVATE_KEY_TYPES):
-        raise KeyLoadError(f"{source}: {describe_key(key)} cannot sign {alg}")
+        raise KeyLoadError(f"{source}: {describe_key(key)} cannot sign {alg or 'any allowed algorithm'}")
     try:
-        return SigningKey(kid, alg, key)
+        return SigningKey(kid, alg if alg is not None else infer_alg(key.public_key(), "RS256"), key)
     except KeyLoadError as exc:
         raise KeyLoadError(f"{source}: {exc}") from None
 
@@ -132,6 +136,21 @@ def generate_private_key_pem(alg: str) -> bytes:
     )
 
 
+def assertion_claims(
+    *, iss: str, sub: str | None, aud: str, lifetime: int, now: int | None = None, jti: str | None = None
+) -> dict[str, Any]:
+    """The RFC 7523 §3 claim set every assertion the gateway signs starts from: iss, sub, aud, iat,
+    exp = iat + `lifetime`, and a fresh jti (item 7: unique) unless one is given. `sub` None leaves it out."""
+    issued_at = int(time.time()) if now is None else now
+    claims: dict[str, Any] = {"iss": iss}
+    if sub is not None:
+        claims["sub"] = sub
+    claims.update(
+        aud=aud, iat=issued_at, exp=issued_at + lifetime, jti=jti if jti is not None else uuid.uuid4().hex
+    )
+    return claims
+
+
 def mint_assertion(
     key: SigningKey,
     *,
@@ -145,15 +164,7 @@ def mint_assertion(
     extra_claims: Mapping[str, Any] | None = None,
 ) -> str:
     """A signed CAMARA JWT-bearer assertion (RFC 7523 §3): iss, sub, aud, iat, exp, jti, scope."""
-    issued_at = int(time.time()) if now is None else now
-    claims: dict[str, Any] = {
-        "iss": iss,
-        "sub": sub,
-        "aud": aud,
-        "iat": issued_at,
-        "exp": issued_at + lifetime,
-        "jti": jti if jti is not None else str(uuid.uuid4()),  # RFC 7523 §3 item 7
-    }
+    claims = assertion_claims(iss=iss, sub=sub, aud=aud, lifetime=lifetime, now=now, jti=jti)
     if scope is not None:
         claims["scope"] = scope
     if extra_claims:

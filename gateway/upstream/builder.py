@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +10,7 @@ from urllib.parse import urlencode
 from multidict import CIMultiDict
 
 from gateway.config.model import ClientUpstream
-from gateway.jose.signing import SigningKey
+from gateway.jose.signing import SigningKey, assertion_claims
 from gateway.upstream.injected_auth import InjectedAuth
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -49,19 +47,16 @@ class UpstreamRequestBuilder:
     def resign(self, claims: Mapping[str, Any]) -> str:
         """A new assertion from the gateway as trusted issuer (design: Upstream modes, resign)."""
         assert self.gateway_key is not None and self.audience is not None
-        now = int(time.time())
-        new: dict[str, Any] = {
-            "iss": self.issuer,
-            "aud": self.audience,
-            "iat": now,
-            "exp": now + self.lifetime,
-            "jti": uuid.uuid4().hex,  # RFC 7523 §3 item 7: never the caller's jti
-        }
         # RFC 7523 §3 item 2 wants a sub; when the profile lets an assertion without one through, the AS
         # (not the gateway, with a 500) is the one to refuse the grant.
         sub = claims.get("sub")
-        if isinstance(sub, str):
-            new["sub"] = self.subject_map.get(sub, sub)
+        # A fresh jti (RFC 7523 §3 item 7): never the caller's.
+        new = assertion_claims(
+            iss=self.issuer,
+            sub=self.subject_map.get(sub, sub) if isinstance(sub, str) else None,
+            aud=self.audience,
+            lifetime=self.lifetime,
+        )
         for name in self.copy_claims:
             if name in claims and name not in new:
                 new[name] = claims[name]

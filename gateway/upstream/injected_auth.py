@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
-import time
-import uuid
 from urllib.parse import quote
 
 from multidict import CIMultiDict
 
 from gateway.config.model import ClientAuth
-from gateway.jose.signing import SigningKey
+from gateway.jose.signing import SigningKey, assertion_claims
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # The form parameters that carry client authentication (RFC 6749 §2.3.1, RFC 7521 §4.2), besides the
@@ -69,14 +67,11 @@ class InjectedAuth:
 
     def _client_assertion(self) -> str:
         assert self.signing_key is not None
-        now = int(time.time())
         # RFC 7523 §3: iss = sub = client_id, aud = the AS (token URL or issuer), unique jti, short exp.
-        claims = {
-            "iss": self.assertion_issuer or self.client_id,
-            "sub": self.client_id,
-            "aud": self.audience,
-            "jti": uuid.uuid4().hex,
-            "iat": now,
-            "exp": now + CLIENT_ASSERTION_LIFETIME,
-        }
+        claims = assertion_claims(
+            iss=self.assertion_issuer or self.client_id,
+            sub=self.client_id,
+            aud=self.audience,
+            lifetime=CLIENT_ASSERTION_LIFETIME,
+        )
         return self.signing_key.sign(claims)
