@@ -1,4 +1,4 @@
-"""Stages 14 and 13 in one atomic state call: the proven client's quota, then its jti, once.
+"""Stage client_admission: the proven client's jti, once, and its quota, in one atomic state call.
 
 RFC 7523 §3 item 7: each (iss, jti) is accepted once for the assertion's remaining life. Both run
 only after the signature verified, so a forger can spend neither a client's quota nor its jti.
@@ -16,7 +16,6 @@ from gateway.checks.rate_limits import Limit, Limiter
 from gateway.config.model import Bucket
 from gateway.errors import Reason, Rejection
 from gateway.metrics import metrics
-from gateway.state.base import StateUnavailable
 
 if TYPE_CHECKING:
     from gateway.clients import ClientRuntime
@@ -47,19 +46,12 @@ class ClientAdmission:
         # Keep the jti until exp + skew: after that the claims stage refuses the assertion anyway.
         ttl = float(claims["exp"]) + self.skew - time.time() + 1.0
         key = f"{client.client_id}\x00{claims['jti']}"
-        limits = self._quota(client)
-        quota = limits[0].cell(client.client_id) if limits else None
-        try:
-            decision = await self.limiter.state.admit(key, ttl, quota)
-        except StateUnavailable as exc:
-            fallback = self.limiter.unavailable("admission", exc)
-            if fallback is None:
-                return Rejection(Reason.STATE_UNAVAILABLE, self.stage, retry_after=1.0)
-            decision = await fallback.admit(key, ttl, quota)
+        decision = await self.limiter.admit(key, ttl, self._quota(client), client.client_id, self.stage)
+        if isinstance(decision, Rejection):
+            return decision
         if decision.replayed:
             metrics().replay_hits.labels(client.client_id).inc()
             return Rejection(Reason.REPLAY, self.stage)
-        self.limiter.count(limits, decision)
         if not decision.allowed:
             return Rejection(Reason.CLIENT_QUOTA_EXCEEDED, self.stage, retry_after=max(decision.retry_after, 1.0))
         return None

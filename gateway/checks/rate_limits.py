@@ -1,4 +1,5 @@
-"""Stages 5 and 10 (guard): token-bucket limits (GCRA) on the shared state.
+"""Token-bucket limits (GCRA) on the shared state: stages request_limits and per_issuer_unverified,
+and the Limiter every state decision goes through (client_admission too).
 
 `limits` (the library) offers fixed, moving and sliding windows of "N per period"; the contract
 here is a rate plus a burst, which GCRA expresses with one cell per key and, in Redis, one round
@@ -8,16 +9,16 @@ trip per decision however many cells it takes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from gateway.checks.context import RequestContext
-from gateway.config.model import Bucket
+from gateway.config.model import Bucket, State
 from gateway.errors import Reason, Rejection
 from gateway.metrics import metrics
-from gateway.state.base import Cell, Decision, StateBackend, StateUnavailable
-from gateway.state.memory import MemoryState
+from gateway.state import StateBackend, StateUnavailable, create_state
+from gateway.state.base import Cell, Decision
 
 log = logging.getLogger("bearer_gateway.rate_limits")
 LIMIT_NAMES = ("per_ip", "global", "per_issuer_unverified", "per_client")
@@ -37,13 +38,14 @@ class Limit:
 
 
 class Limiter:
-    """Asks the configured backend; when it cannot answer, applies `on_error`."""
+    """Every state decision of a request: asks the configured backend; when it cannot answer, applies
+    `on_error` (fail_open: a per-process fallback); counts each limit's decision."""
 
     def __init__(self, state: StateBackend, on_error: Literal["fail_closed", "fail_open"]) -> None:
-        self.state = state
+        self._state = state
         self.on_error = on_error
         # fail_open falls back to per-process state rather than to none at all.
-        self.fallback = MemoryState(max_entries=100_000) if state.name != "memory" else None
+        self._fallback = create_state(State(max_replay_entries=100_000)) if state.name != "memory" else None
         decisions = metrics().rate_limit_decisions
         self._counters = {
             (name, allowed): decisions.labels(name, "allowed" if allowed else "limited")
@@ -52,35 +54,49 @@ class Limiter:
         }
         self._errors = metrics().state_errors
 
-    def count(self, limits: Sequence[Limit], decision: Decision) -> None:
+    def _count(self, limits: Sequence[Limit], decision: Decision) -> None:
         for index, limit in enumerate(limits):
             self._counters[(limit.name, index != decision.refused)].inc()
             if index == decision.refused:
                 break
 
+    async def _decide(self, operation: str, call: Callable[[StateBackend], Awaitable[Decision]]) -> Decision | None:
+        """`call` on the backend; on StateUnavailable, on the fallback (fail_open) or None (fail_closed)."""
+        try:
+            return await call(self._state)
+        except StateUnavailable as exc:
+            self._errors.labels(operation, self.on_error).inc()
+            if self.on_error == "fail_closed" or self._fallback is None:
+                log.warning("%s state unavailable (%s): refusing (fail_closed)", operation, exc)
+                return None
+            log.warning("%s state unavailable (%s): per-process state (fail_open)", operation, exc)
+            return await call(self._fallback)
+
     async def take(self, limits: Sequence[Limit], keys: Sequence[str], stage: str) -> Rejection | None:
         """All the limits for one request in one state call; the first refusing one answers."""
         cells = [limit.cell(key) for limit, key in zip(limits, keys, strict=True)]
-        try:
-            decision = await self.state.take(cells)
-        except StateUnavailable as exc:
-            fallback = self.unavailable("rate_limit", exc)
-            if fallback is None:
-                return Rejection(Reason.STATE_UNAVAILABLE, stage, retry_after=1.0)
-            decision = await fallback.take(cells)
-        self.count(limits, decision)
+        decision = await self._decide("rate_limit", lambda state: state.take(cells))
+        if decision is None:
+            return Rejection(Reason.STATE_UNAVAILABLE, stage, retry_after=1.0)
+        self._count(limits, decision)
         if decision.allowed:
             return None
         return Rejection(limits[decision.refused].reason, stage, retry_after=max(decision.retry_after, 1.0))
 
-    def unavailable(self, operation: str, exc: Exception) -> MemoryState | None:
-        """Count the failure; the per-process fallback under fail_open, None under fail_closed."""
-        self._errors.labels(operation, self.on_error).inc()
-        if self.on_error == "fail_closed" or self.fallback is None:
-            log.warning("%s state unavailable (%s): refusing (fail_closed)", operation, exc)
-            return None
-        log.warning("%s state unavailable (%s): per-process state (fail_open)", operation, exc)
-        return self.fallback
+    async def admit(
+        self, key: str, ttl: float, quota: Sequence[Limit], owner: str, stage: str
+    ) -> Decision | Rejection:
+        """The replay check on `key` and the `quota` limits of `owner`, in one state call.
+
+        A Rejection when the state cannot answer (fail_closed); otherwise the decision, with the
+        quota counted unless the key was a replay (a replay spends no quota)."""
+        cell = quota[0].cell(owner) if quota else None
+        decision = await self._decide("admission", lambda state: state.admit(key, ttl, cell))
+        if decision is None:
+            return Rejection(Reason.STATE_UNAVAILABLE, stage, retry_after=1.0)
+        if not decision.replayed:
+            self._count(quota, decision)
+        return decision
 
 
 class RequestLimits:
