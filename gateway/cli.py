@@ -164,7 +164,7 @@ def _kid(value: str) -> str:
     from gateway.checks.header_policy import KID_PATTERN
 
     # The kid the gateway itself would accept in a header (RFC 8725 §3.10).
-    if len(value) > 128 or not KID_PATTERN.match(value) or ".." in value:
+    if len(value) > 128 or not KID_PATTERN.fullmatch(value) or ".." in value:
         raise argparse.ArgumentTypeError("expected 1-128 characters of A-Z a-z 0-9 . _ : + = -, no '..'")
     return value
 

@@ -39,6 +39,7 @@ class Reason(enum.Enum):
     METHOD_NOT_ALLOWED = ("method_not_allowed", Row.METHOD_NOT_ALLOWED)
     PATH_DENIED = ("path_denied", Row.NOT_FOUND)
     CONTENT_TYPE = ("content_type", Row.INVALID_REQUEST)
+    CONTENT_ENCODING = ("content_encoding", Row.INVALID_REQUEST)
     BODY_TOO_LARGE = ("body_too_large", Row.BODY_TOO_LARGE)
     FORM_MALFORMED = ("form_malformed", Row.INVALID_REQUEST)
     TOO_MANY_PARAMETERS = ("too_many_parameters", Row.INVALID_REQUEST)

@@ -27,7 +27,7 @@ from gateway.jose.signing import SigningKey, load_signing_key
 from gateway.metrics import metrics
 from gateway.state import StateBackend, create_state
 from gateway.upstream.builder import UpstreamRequestBuilder
-from gateway.upstream.forward import UpstreamClient
+from gateway.upstream.forward import UpstreamClient, new_breaker
 from gateway.upstream.injected_auth import InjectedAuth
 
 log = logging.getLogger("bearer_gateway")
@@ -105,6 +105,10 @@ class Runtime:
         self.source = source
         self.gateway_keys = load_gateway_keys(config, source)
         self.upstream = UpstreamClient(config.upstream)
+        # Forwarded (unauthenticated) grants: same in-flight cap, a circuit breaker of their own.
+        self.passthrough_upstream = UpstreamClient(
+            config.upstream, in_flight=self.upstream.in_flight, breaker=new_breaker(config.upstream)
+        )
         self._upstreams: dict[tuple[str, str], UpstreamClient] = {}
         # A reload hands over the running state: the replay set must outlive a config change.
         self.state: StateBackend = state if state is not None else create_state(config.state)
@@ -179,12 +183,17 @@ class Runtime:
                     source, [(f"{at}.upstream.client_auth", f"cannot load certificate/key: {exc}")]
                 ) from None
             self._upstreams[(cert, key)] = UpstreamClient(
-                self.config.upstream, cert_file=cert, key_file=key, in_flight=self.upstream.in_flight
+                self.config.upstream,
+                cert_file=cert,
+                key_file=key,
+                in_flight=self.upstream.in_flight,
+                breaker=self.upstream.breaker,
             )
         return self._upstreams[(cert, key)]
 
     async def start(self) -> None:
         await self.upstream.start()
+        await self.passthrough_upstream.start()
         for upstream in self._upstreams.values():
             await upstream.start()
         self._jwks_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
@@ -197,6 +206,7 @@ class Runtime:
         if getattr(self, "_jwks_session", None) is not None:
             await self._jwks_session.close()
         await self.upstream.close()
+        await self.passthrough_upstream.close()
         for upstream in self._upstreams.values():
             await upstream.close()
         if not keep_state:

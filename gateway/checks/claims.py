@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from gateway.checks.context import RequestContext
 from gateway.config.model import Limits, Profile
@@ -11,16 +12,24 @@ from gateway.errors import Reason, Rejection
 
 # CAMARA SI "Format of login_hint": tel: + E.164 without separators (ITU-T E.164: at most 15 digits),
 # or operatortoken:<opaque>; ipport: is a login_hint format only and is not accepted here.
+# Always applied with fullmatch: `$` alone would accept a trailing newline.
 SUBJECT_PATTERNS: dict[str, re.Pattern[str]] = {
-    "tel": re.compile(r"^tel:\+[1-9][0-9]{3,14}$"),
-    "operatortoken": re.compile(r"^operatortoken:[!-~]{1,1024}$"),
+    "tel": re.compile(r"tel:\+[1-9][0-9]{3,14}"),
+    "operatortoken": re.compile(r"operatortoken:[!-~]{1,1024}"),
 }
-_JTI = re.compile(r"^[!-~]+$")
+_JTI = re.compile(r"[!-~]+")
+# NumericDates beyond 2^53 seconds are not dates (and a float cannot hold every integer past it);
+# bounding them keeps every comparison below in exact, overflow-free float arithmetic.
+_MAX_NUMERIC_DATE = 2**53
 
 
-def _is_number(value: Any) -> bool:
-    # RFC 7519 §2 NumericDate; JSON booleans are ints in Python and must not count.
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    """RFC 7519 §2 NumericDate: a finite JSON number within ±2^53 (booleans are ints in Python: no)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -_MAX_NUMERIC_DATE < value < _MAX_NUMERIC_DATE
+    return isinstance(value, float) and math.isfinite(value) and -_MAX_NUMERIC_DATE < value < _MAX_NUMERIC_DATE
 
 
 class Claims:
@@ -46,7 +55,7 @@ class Claims:
                 return self._reject(Reason.JTI_MISSING if name == "jti" else Reason.CLAIM_MISSING)
 
         exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        if not _is_number(exp):
             return self._reject(Reason.CLAIM_INVALID)
         # RFC 7523 §3 item 4: reject an expired assertion; CAMARA SI: and one valid for more than 300 s.
         if now > exp + skew:
@@ -80,12 +89,12 @@ class Claims:
 
         if "sub" in claims or "sub" in self.required:
             sub = claims.get("sub")
-            if not isinstance(sub, str) or not any(p.match(sub) for p in self.subject_patterns):
+            if not isinstance(sub, str) or not any(p.fullmatch(sub) for p in self.subject_patterns):
                 return self._reject(Reason.SUBJECT_FORMAT)
 
         # RFC 7523 §3 item 7: jti makes the replay cache possible; bounded and printable.
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not (0 < len(jti) <= self.max_jti_length) or not _JTI.match(jti):
+        if not isinstance(jti, str) or not (0 < len(jti) <= self.max_jti_length) or not _JTI.fullmatch(jti):
             return self._reject(Reason.JTI_INVALID)
 
         scope = claims.get("scope")

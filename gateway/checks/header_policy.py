@@ -13,7 +13,8 @@ from gateway.jose.keys import ALGORITHMS
 # sender chose (jku/x5u are also SSRF vectors); `enc`/`zip` belong to JWE, not to a signed assertion.
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "enc", "zip"})
 # RFC 8725 §3.10: kid is attacker input; no path, quote or control characters reach a key lookup.
-KID_PATTERN = re.compile(r"^[A-Za-z0-9._:+=-]+$")
+# Applied with fullmatch (`$` would let a trailing newline through).
+KID_PATTERN = re.compile(r"[A-Za-z0-9._:+=-]+")
 # RFC 8725 §3.11-3.12: if typed at all, the assertion must say it is a plain JWT, not another kind.
 _ACCEPTED_TYP = frozenset({"jwt", "application/jwt"})
 
@@ -40,7 +41,7 @@ class HeaderPolicy:
             return Rejection(Reason.CRIT_UNSUPPORTED, self.stage)
         kid = header.get("kid")
         if kid is not None and (
-            not isinstance(kid, str) or len(kid) > self.max_kid_length or not KID_PATTERN.match(kid) or ".." in kid
+            not isinstance(kid, str) or len(kid) > self.max_kid_length or not KID_PATTERN.fullmatch(kid) or ".." in kid
         ):
             return Rejection(Reason.KID_INVALID, self.stage)
         typ = header.get("typ")

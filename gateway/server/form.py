@@ -9,7 +9,8 @@ from gateway.errors import Reason
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # Printable ASCII without space; anything else must arrive percent-encoded (WHATWG urlencoded).
-_URLENCODED = re.compile(rb"^[!-~]*$")
+# Applied with fullmatch: `$` alone would accept a trailing newline.
+_URLENCODED = re.compile(rb"[!-~]*")
 
 
 class FormError(Exception):
@@ -26,7 +27,7 @@ def parse_form(body: bytes, *, max_params: int) -> dict[str, str]:
     """Parse a token request body; refuse bad encodings, too many and repeated parameters."""
     if not body:
         return {}
-    if not _URLENCODED.match(body) or _BAD_PERCENT.search(body):
+    if not _URLENCODED.fullmatch(body) or _BAD_PERCENT.search(body):
         raise FormError(Reason.FORM_MALFORMED)
     pairs = body.split(b"&")
     if len(pairs) > max_params:

@@ -12,6 +12,7 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.audit import write_audit
 from gateway.checks.context import RequestContext
@@ -32,6 +33,8 @@ _FORM_TYPES = ("application/x-www-form-urlencoded",)
 # What an AS says when it refuses the client credentials the gateway injected (RFC 6749 §5.2;
 # Keycloak answers unauthorized_client for a wrong secret).
 _CREDENTIAL_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+# The audit/metric reason of a request whose caller went away before its answer.
+CANCELLED = "client_disconnected"
 
 
 class Outcome:
@@ -53,6 +56,37 @@ def runtime_of(request: web.Request) -> Runtime:
     return request.app[RUNTIME]  # type: ignore[return-value]
 
 
+def forwarded_for(request: web.Request) -> str:
+    """Every X-Forwarded-For line joined (RFC 9110 §5.3): a proxy may append its own separate line."""
+    return ", ".join(request.headers.getall("X-Forwarded-For", ()))
+
+
+# Request headers a forwarded (passthrough) request keeps; everything else the caller sent stays here
+# (X-Real-IP, X-Original-URL, Cookie, Content-Encoding...: fields an AS or its proxy might trust).
+PASSTHROUGH_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "authorization",
+        "content-type",
+        "dpop",
+        "if-modified-since",
+        "if-none-match",
+        "user-agent",
+        "x-request-id",
+    }
+)
+
+
+def passthrough_headers(request: web.Request) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        if name.lower() in PASSTHROUGH_HEADERS:
+            out.add(name, value)
+    return out
+
+
 class Caller:
     """Where a request comes from: the peer, whether it is a trusted proxy, and the client address."""
 
@@ -68,7 +102,7 @@ class Caller:
         try:
             chain = [ip_address(self.peer)]
             self.via_proxy = any(chain[0] in net for net in trusted)
-            forwarded = request.headers.get("X-Forwarded-For", "")
+            forwarded = forwarded_for(request)
             hops = [h.strip() for h in forwarded.split(",") if h.strip()]
             # X-Forwarded-For is honoured only from a trusted proxy: walk from the nearest hop
             # outwards; the first untrusted address is the client.
@@ -82,7 +116,7 @@ class Caller:
 
     def forwarding_headers(self, request: web.Request) -> dict[str, str]:
         """X-Forwarded-For/-Proto for the AS: a trusted proxy's chain is extended, anyone else's replaced."""
-        existing = request.headers.get("X-Forwarded-For")
+        existing = forwarded_for(request)
         proto = request.headers.get("X-Forwarded-Proto", request.scheme) if self.via_proxy else request.scheme
         peer = "" if self.peer == "-" else self.peer
         chain = f"{existing}, {peer}" if (self.via_proxy and existing) else peer
@@ -141,8 +175,20 @@ class TokenHandler:
             log.exception("internal error handling a token request")
             outcome.reason, outcome.stage = Reason.INTERNAL_ERROR.code, "internal"
             response = error_response(Rejection(Reason.INTERNAL_ERROR, "internal"), runtime.config.profile.errors)
+        except BaseException:
+            # Cancelled (the caller disconnected, handler_cancellation) or shut down: no answer goes
+            # out, but the request is still accounted for, with what it had reached (upstream_status).
+            outcome.reason, outcome.stage = CANCELLED, "connection"
+            self._account(runtime, outcome, started)
+            raise
         finally:
             m.in_flight.dec()
+        self._account(runtime, outcome, started)
+        return response
+
+    def _account(self, runtime: Runtime, outcome: Outcome, started: float) -> None:
+        """The metrics and the audit line for one request, whatever became of it."""
+        m = metrics()
         latency = time.perf_counter() - started
         result = "accepted" if outcome.reason == "ok" else "rejected"
         m.child(m.requests, result, outcome.reason, outcome.client, outcome.grant).inc()
@@ -159,7 +205,6 @@ class TokenHandler:
                 latency=latency,
                 upstream_status=outcome.upstream_status,
             )
-        return response
 
     def _reject(self, rejection: Rejection, runtime: Runtime, outcome: Outcome) -> web.Response:
         outcome.reason, outcome.stage = rejection.reason.code, rejection.stage
@@ -187,6 +232,10 @@ class TokenHandler:
             return self._reject(Rejection(Reason.METHOD_NOT_ALLOWED, "route"), runtime, outcome)
         if not content_type_ok(request):
             return self._reject(Rejection(Reason.CONTENT_TYPE, "route"), runtime, outcome)
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            # A token request is a few hundred bytes: nothing to gain from compression, and a decoder
+            # (bombs, ratio) would run on unauthenticated input before any check.
+            return self._reject(Rejection(Reason.CONTENT_ENCODING, "route"), runtime, outcome)
         # Stage 2: size.
         body = await read_body(request, runtime)
         if isinstance(body, Rejection):
@@ -306,7 +355,7 @@ class TokenHandler:
             rejection = await check(ctx)
             if rejection is not None:
                 return self._reject(rejection, runtime, outcome)
-        upstream = runtime.upstream
+        upstream = runtime.passthrough_upstream
         if body is None:
             read = await read_body(request, runtime)
             if isinstance(read, Rejection):
@@ -316,7 +365,7 @@ class TokenHandler:
             url = upstream.token_url
         else:
             url = upstream.origin.with_path(request.path).with_query(request.query_string)
-        headers = end_to_end_headers(request.headers, up=True)
+        headers = passthrough_headers(request)
         headers.update(caller.forwarding_headers(request))
         answer = await upstream.send(request.method, url, body, headers)
         if isinstance(answer, Rejection):

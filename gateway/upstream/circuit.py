@@ -11,7 +11,10 @@ class CircuitBreaker:
     """Closed → open after `failures` consecutive failures → half-open after `open_for` (one probe).
 
     A probe that succeeds closes the circuit; one that fails opens it again. Failures are what the
-    caller cannot be blamed for: no connection, a timeout, a 5xx from the AS.
+    caller cannot be blamed for: no connection, a timeout, a 5xx or a truncated answer from the AS.
+    Whoever was handed the probe (`retry_after()` returned 0 while `probing()`) must end it with
+    `record()` or, when it ends without a verdict (the caller went away), `release()`; otherwise the
+    circuit would stay half-open with its only probe slot taken, refusing everything for good.
     """
 
     def __init__(self, failures: int, open_for: float) -> None:
@@ -22,17 +25,29 @@ class CircuitBreaker:
         self.probing = False
         self._gauge = metrics().upstream_circuit_open
 
-    def retry_after(self) -> float:
-        """0 when a request may go now; otherwise the seconds until the circuit half-opens."""
+    def wait(self) -> float:
+        """Like `retry_after` but takes no probe slot: 0 when a request could go now."""
         if self.opened_at is None:
             return 0.0
         remaining = self.opened_at + self.open_for - time.monotonic()
         if remaining > 0:
             return remaining
-        if self.probing:
-            return 1.0  # one probe at a time while half-open
-        self.probing = True
-        return 0.0
+        return 1.0 if self.probing else 0.0  # one probe at a time while half-open
+
+    def retry_after(self) -> float:
+        """0 when a request may go now (taking the probe slot when half-open); else seconds to wait."""
+        wait = self.wait()
+        if wait == 0.0 and self.opened_at is not None:
+            self.probing = True
+        return wait
+
+    def probing_now(self) -> bool:
+        """True while a half-open probe is out (the request just admitted is that probe)."""
+        return self.probing
+
+    def release(self) -> None:
+        """The probe ended without telling anything about the AS: free the slot for the next request."""
+        self.probing = False
 
     def record(self, ok: bool) -> None:
         if ok:

@@ -77,20 +77,26 @@ def ssl_context(settings: Upstream, cert_file: str | None = None, key_file: str 
 
 
 class InFlight:
-    """Stage 15 state shared by every session to the AS: requests not answered yet, and the breaker."""
+    """Stage 15 state shared by every session to the AS: requests not answered yet."""
 
-    __slots__ = ("breaker", "count")
+    __slots__ = ("count",)
 
-    def __init__(self, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(self) -> None:
         self.count = 0
-        self.breaker = breaker
+
+
+def new_breaker(settings: Upstream) -> CircuitBreaker | None:
+    cb = settings.circuit_breaker
+    return CircuitBreaker(cb.failures, cb.open_for) if cb is not None else None
 
 
 class UpstreamClient:
     """Sends requests to the AS through a pooled session; counts in-flight requests and sheds beyond the cap.
 
-    Sessions for client certificates (tls_client_auth) pass the main client's `in_flight`, so that
-    `max_in_flight` bounds what reaches the AS, not what each session sends.
+    Sessions for client certificates (tls_client_auth) pass the main client's `in_flight` and breaker,
+    so that `max_in_flight` bounds what reaches the AS, not what each session sends. Passthrough
+    grants share the count but have a breaker of their own: unauthenticated traffic that fails at
+    the AS must not open the circuit that verified jwt-bearer requests go through.
     """
 
     def __init__(
@@ -100,16 +106,17 @@ class UpstreamClient:
         cert_file: str | None = None,
         key_file: str | None = None,
         in_flight: InFlight | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.settings = settings
         self.token_url = URL(str(settings.token_url))
         self.origin = self.token_url.origin()
         self._cert = (cert_file, key_file)
         self._session: aiohttp.ClientSession | None = None
-        if in_flight is None:
-            cb = settings.circuit_breaker
-            in_flight = InFlight(CircuitBreaker(cb.failures, cb.open_for) if cb is not None else None)
-        self.in_flight = in_flight
+        # A client of its own (in_flight not given) gets its own breaker; a session sharing another's
+        # in-flight count shares the breaker it is given (None: no breaker).
+        self.in_flight = in_flight if in_flight is not None else InFlight()
+        self.breaker = breaker if in_flight is not None else new_breaker(settings)
 
     async def start(self) -> None:
         ssl_arg: ssl.SSLContext | bool = True
@@ -156,16 +163,34 @@ class UpstreamClient:
         if in_flight.count >= self.settings.max_in_flight:
             metrics().upstream_errors.labels("upstream_shed").inc()
             return Rejection(Reason.UPSTREAM_SHED, "upstream_guard", self.settings.retry_after)
-        breaker = in_flight.breaker
-        if breaker is not None:
-            wait = breaker.retry_after()
-            if wait > 0:
-                metrics().upstream_errors.labels("upstream_circuit_open").inc()
-                return Rejection(Reason.UPSTREAM_CIRCUIT_OPEN, "upstream_guard", wait)
-        answer = await self._send(method, url, body, headers)
-        if breaker is not None:
+        breaker = self.breaker
+        if breaker is None:
+            return await self._send(method, url, body, headers)
+        wait = breaker.retry_after()
+        if wait > 0:
+            metrics().upstream_errors.labels("upstream_circuit_open").inc()
+            return Rejection(Reason.UPSTREAM_CIRCUIT_OPEN, "upstream_guard", wait)
+        probe = breaker.probing_now()
+        recorded = False
+        try:
+            answer = await self._send(method, url, body, headers)
             breaker.record(isinstance(answer, UpstreamAnswer) and answer.status < 500)
+            recorded = True
+        finally:
+            # Cancelled (the caller disconnected) or an unexpected error: no verdict on the AS, but
+            # the half-open probe slot must be given back or the circuit never closes again.
+            if probe and not recorded:
+                breaker.release()
         return answer
+
+    def guard(self) -> Rejection | None:
+        """The local upstream guards without sending: would `send` refuse right now? (takes no probe slot)"""
+        if self.in_flight.count >= self.settings.max_in_flight:
+            return Rejection(Reason.UPSTREAM_SHED, "upstream_guard", self.settings.retry_after)
+        wait = self.breaker.wait() if self.breaker is not None else 0.0
+        if wait > 0:
+            return Rejection(Reason.UPSTREAM_CIRCUIT_OPEN, "upstream_guard", wait)
+        return None
 
     async def _send(
         self,
@@ -199,7 +224,9 @@ class UpstreamClient:
         except (aiohttp.ClientConnectionError, OSError):
             metrics().upstream_errors.labels("upstream_unreachable").inc()
             return Rejection(Reason.UPSTREAM_UNREACHABLE, "forward", self.settings.retry_after)
-        except aiohttp.ClientResponseError:
+        except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError, aiohttp.ClientError, ValueError):
+            # ClientPayloadError: a truncated or badly framed body; ValueError: a malformed answer the
+            # client library rejected late. Any client error is the AS's answer gone wrong, never a 500.
             metrics().upstream_errors.labels("upstream_bad_response").inc()
             return Rejection(Reason.UPSTREAM_BAD_RESPONSE, "forward", self.settings.retry_after)
         finally:
