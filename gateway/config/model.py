@@ -1,4 +1,6 @@
-"""The YAML contract as frozen, typed objects; validated once at load (design: Configuration contract)."""
+"""The YAML contract as frozen, typed objects; validated once at load (README: Configuration).
+
+Single-key rules (types, bounds, enums) live here; rules across keys live in consistency.py."""
 
 from __future__ import annotations
 
@@ -184,9 +186,9 @@ class ClientKeys(Section):
     jwks_file: Path | None = None
     pem: tuple[PemKey, ...] | None = None
     jwks_uri: AnyHttpUrl | None = None
-    ttl: Duration = 300.0
+    ttl: Annotated[Duration, Field(gt=0)] = 300.0
     refresh_cooldown: Duration = 30.0
-    fetch_timeout: Duration = 2.0
+    fetch_timeout: Annotated[Duration, Field(gt=0)] = 2.0
     max_bytes: int = Field(65536, ge=1024)
 
     @model_validator(mode="after")

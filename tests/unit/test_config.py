@@ -108,6 +108,14 @@ BROKEN = [
     ("missing key file", MINIMAL + CLIENT.replace("{jwks: {keys: []}}", "{jwks_file: /nonexistent/jwks.json}"),
      "clients[0].keys.jwks_file", "does not exist"),
     ("not a mapping", "- just\n- a list\n", "(top level)", "mapping"),
+    ("zero jwks ttl", MINIMAL + CLIENT.replace("{jwks: {keys: []}}", "{jwks_uri: 'http://127.0.0.1:1/jwks', ttl: 0s}"),
+     "clients[0].keys.ttl", "greater than 0"),
+    ("zero jwks fetch timeout",
+     MINIMAL + CLIENT.replace("{jwks: {keys: []}}", "{jwks_uri: 'http://127.0.0.1:1/jwks', fetch_timeout: 0ms}"),
+     "clients[0].keys.fetch_timeout", "greater than 0"),
+    ("private_key_jwt with a secret",
+     MINIMAL + CLIENT + "    upstream: {client_auth: {method: private_key_jwt, use_gateway_key: true, secret: '${HOME}'}}\n",
+     "clients[0].upstream.client_auth.secret", "does not use a secret"),
 ]
 
 
