@@ -2,6 +2,8 @@
 
     python -m bench.refs reject --port P
     python -m bench.refs verify-proxy --port P --key client-public.pem --upstream http://127.0.0.1:Q/token
+    python -m bench.refs raw-reject --port P          # the same on asyncio Protocol + httptools (bench/raw_refs.py)
+    python -m bench.refs raw-verify-proxy --port P --key ... --upstream ...
 
 `reject` reads the body and answers 400 JSON. `verify-proxy` parses the form, verifies the
 assertion's signature (RS256, or ES256 for an EC key) with a key parsed once at start, and
@@ -92,11 +94,20 @@ class VerifyProxy:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.refs")
-    parser.add_argument("kind", choices=("reject", "verify-proxy"))
+    parser.add_argument("kind", choices=("reject", "verify-proxy", "raw-reject", "raw-verify-proxy"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--key", help="client public key PEM (verify-proxy)")
     parser.add_argument("--upstream", help="static AS token URL (verify-proxy)")
     args = parser.parse_args()
+    if args.kind.startswith("raw-"):
+        from bench import raw_refs
+
+        if args.kind == "raw-reject":
+            raw_refs.serve(raw_refs.RawReject(), args.port)
+        else:
+            verify = VerifyProxy(Path(args.key).read_bytes(), args.upstream).verify
+            raw_refs.serve(raw_refs.RawVerifyProxy(verify, _b64url, args.upstream), args.port)
+        return
     app = web.Application()
     if args.kind == "reject":
         app.router.add_post("/oauth2/token", reject)

@@ -78,6 +78,18 @@ def _result_cell(sc: dict[str, Any]) -> str:
     return f"**{s['ratio']:.2f}** ({rounds})"
 
 
+def _floor_cell(sc: dict[str, Any]) -> str:
+    """The gateway against the raw floor (asyncio Protocol + httptools reference), when the scenario has one."""
+    s = sc["summary"]
+    if sc["status"] != "ok" or not sc.get("c"):
+        return "-"
+    if "floor_p99_added_ms" in s:
+        return f"p99 {s['floor_p99_added_ms']:+.2f} ms, p50 {s['floor_p50_added_ms']:+.2f} ms"
+    if s.get("floor_ratio") is None:
+        return "-"
+    return f"**{s['floor_ratio']:.2f}** ({', '.join(f'{r:.2f}' for r in s['floor_ratios'])})"
+
+
 def _met(sc: dict[str, Any]) -> str:
     return {True: "yes", False: "**no**", None: "-"}[sc["met"]]
 
@@ -101,17 +113,20 @@ def markdown(data: dict[str, Any]) -> str:
         "expected status; the cell shows the median and, in brackets, each round. CPU µs/req: CPU time of the "
         "server process (and its workers) per answered request, from /proc — steadier than req/s on a shared machine.",
         "",
-        "| # | scenario | A (measured) | B (reference) | A req/s | B req/s | A p99 ms | B p99 ms "
-        "| A CPU µs/req | B CPU µs/req | result A/B | target | met |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "C is the raw floor: the same reference on asyncio Protocol + httptools (`raw-reject`, "
+        "`raw-verify-proxy`), loaded in the same rotation (A B C, B C A, C A B).",
+        "",
+        "| # | scenario | A (measured) | B (reference) | A req/s | B req/s | C req/s | A p99 ms | B p99 ms "
+        "| A CPU µs/req | B CPU µs/req | C CPU µs/req | result A/B | target | met | A/C (raw floor) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for sc in data["scenarios"]:
         s = sc["summary"]
         lines.append(
             f"| {sc['id']} | {sc['title']} | {sc['a']} | {sc['b']} | {_fmt(s.get('a_rps'))} | {_fmt(s.get('b_rps'))} | "
-            f"{_fmt(s.get('a_p99_ms'), 2)} | {_fmt(s.get('b_p99_ms'), 2)} | {_fmt(s.get('a_cpu_us'))} | "
-            f"{_fmt(s.get('b_cpu_us'))} | {_result_cell(sc)} | {sc['target']} | "
-            f"{_met(sc)} |"
+            f"{_fmt(s.get('c_rps'))} | {_fmt(s.get('a_p99_ms'), 2)} | {_fmt(s.get('b_p99_ms'), 2)} | "
+            f"{_fmt(s.get('a_cpu_us'))} | {_fmt(s.get('b_cpu_us'))} | {_fmt(s.get('c_cpu_us'))} | {_result_cell(sc)} | "
+            f"{sc['target']} | {_met(sc)} | {_floor_cell(sc)} |"
         )
     notes = [(sc["id"], n) for sc in data["scenarios"] for n in sc.get("notes", [])]
     if notes:
@@ -200,8 +215,10 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     ):
         a = [sc["summary"].get(f"a_{key}") or 0 for sc in rows]
         b = [sc["summary"].get(f"b_{key}") or 0 for sc in rows]
-        axis.bar([x - width / 2 for x in xs], a, width, label="A: measured (gateway)", color="#1f77b4")
-        axis.bar([x + width / 2 for x in xs], b, width, label="B: reference", color="#bbbbbb")
+        c = [sc["summary"].get(f"c_{key}") or 0 for sc in rows]
+        axis.bar([x - width / 2 for x in xs], a, width / 2, label="A: measured (gateway)", color="#1f77b4")
+        axis.bar(list(xs), b, width / 2, label="B: aiohttp reference", color="#bbbbbb")
+        axis.bar([x + width / 2 for x in xs], c, width / 2, label="C: raw floor (httptools)", color="#666666")
         for x, sc in zip(xs, rows, strict=True):
             summary = sc["summary"]
             paced = "p99_added_ms" in summary

@@ -158,7 +158,7 @@ def start_gateway(
 def start_reference(bench: Bench, kind: str, *, key: BenchClient | None = None, cpus: str | None) -> Server:
     port = free_port()
     cmd = [str(VENV_BIN / "python"), "-m", "bench.refs", kind, "--port", str(port)]
-    if kind == "verify-proxy":
+    if kind.endswith("verify-proxy"):
         assert key is not None
         pem = bench.workdir / f"{key.client_id}.pub.pem"
         pem.write_bytes(key.public_pem())
