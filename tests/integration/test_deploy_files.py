@@ -1,4 +1,4 @@
-"""The deployment files (container image, compose, Kubernetes) hang together, and their gateway configs load.
+"""The deployment files (container image, compose; the Helm chart in test_helm_chart.py) hang together, and their gateway configs load.
 
 No container engine or cluster runs here, so these check what can be checked without one: every
 file parses, every path they mount or copy exists, every secret is a reference supplied by the
@@ -27,7 +27,6 @@ from tests.support.prometheus import free_port
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINER = ROOT / "deploy" / "container"
 COMPOSE = ROOT / "deploy" / "compose"
-KUBERNETES = ROOT / "deploy" / "kubernetes"
 DASHBOARDS = ROOT / "dashboards"
 
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -170,7 +169,7 @@ def env_example() -> dict[str, str]:
 
 
 def test_every_yaml_file_parses():
-    for directory in (COMPOSE, KUBERNETES, DASHBOARDS / "provisioning" / "datasources",
+    for directory in (COMPOSE, DASHBOARDS / "provisioning" / "datasources",
                       DASHBOARDS / "provisioning" / "dashboards", ROOT / "deploy" / "prometheus"):
         documents = yaml_documents(directory)
         assert documents, directory
@@ -255,96 +254,6 @@ def test_compose_gateway_config_loads(tmp_path: Path, monkeypatch: pytest.Monkey
     assert parsed.state.backend == "redis"
     assert parsed.admin.port == 9100 and parsed.listen.port == 8080
     assert {client.client_id for client in parsed.clients} == {"demo-app", "demo-app-pkjwt"}
-
-
-# --- Kubernetes ----------------------------------------------------------------------------------
-
-
-def kube() -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for path, docs in yaml_documents(KUBERNETES).items():
-        for doc in docs:
-            if doc.get("kind") == "Kustomization":
-                continue
-            assert doc.get("apiVersion") and doc["metadata"].get("name"), path
-            out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
-    return out
-
-
-def test_kustomization_lists_every_manifest():
-    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    manifests = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == manifests
-
-
-def test_kubernetes_objects_agree_with_each_other():
-    objects = kube()
-    deployment = objects["Deployment/bearer-gateway"]
-    pod = deployment["spec"]["template"]
-    labels = pod["metadata"]["labels"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    container = pod["spec"]["containers"][0]
-    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"http": 8080, "admin": 9100}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
-    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    for name in ("Service/bearer-gateway", "Service/bearer-gateway-metrics"):
-        service = objects[name]
-        assert service["spec"]["selector"].items() <= labels.items(), name
-        for port in service["spec"]["ports"]:
-            assert port["targetPort"] in ports, name
-    assert objects["Service/bearer-gateway"]["spec"]["ports"][0]["targetPort"] == "http"  # admin is not public
-    pdb = objects["PodDisruptionBudget/bearer-gateway"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
-    hpa = objects["HorizontalPodAutoscaler/bearer-gateway"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "bearer-gateway"}
-    assert hpa["spec"]["minReplicas"] >= 2
-    assert container["resources"]["requests"]["cpu"]  # the HPA's utilisation is relative to it
-    annotations = pod["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(ports["admin"])
-
-
-def test_kubernetes_configmap_config_loads_with_the_secrets_the_deployment_supplies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    objects = kube()
-    deployment = objects["Deployment/bearer-gateway"]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
-    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-
-    # The config file the container is told to read is the ConfigMap's key, mounted there.
-    config_path = container["args"][container["args"].index("-c") + 1]
-    directory, key = config_path.rsplit("/", 1)
-    configmap_name = mounts[directory]["configMap"]["name"]
-    text = objects[f"ConfigMap/{configmap_name}"]["data"][key]
-    config = yaml.safe_load(text)
-
-    names, files = references(config)
-    env = {item["name"]: item for item in container["env"]}
-    assert names and names <= set(env)
-    for name in names:
-        assert "secretKeyRef" in env[name]["valueFrom"], f"{name} must come from a Secret, not a literal"
-        assert "value" not in env[name]
-    for path in files:
-        mount = next((m for m in mounts if under(path, [m])), None)
-        assert mount is not None, f"{path} is not on a volume of the container"
-        assert "secret" in mounts[mount], f"{path} (a key) must come from a Secret volume"
-        assert mounts[mount]["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
-
-    for name in names:
-        monkeypatch.setenv(name, "throwaway-test-value")
-    parsed = parse_config(materialise(config, tmp_path), f"ConfigMap/{configmap_name}")
-    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert parsed.listen.port == ports["http"]
-    assert parsed.admin.port == ports["admin"]
-    assert str(parsed.admin.host) == "0.0.0.0"  # kubelet probes and Prometheus come from outside the pod
-    assert parsed.workers == 1
-    # Several replicas share replay and rate-limit state only through Redis.
-    assert deployment["spec"]["replicas"] > 1 and parsed.state.backend == "redis"
 
 
 # --- the dashboard file --------------------------------------------------------------------------
