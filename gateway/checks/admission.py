@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from gateway.clients import ClientRuntime
 
 
+class UpstreamGuard:
+    """Stage 15's local guards (max_in_flight, an open circuit) asked before the jti is spent: an
+    assertion refused with 503 because the AS was never called can be retried as it is."""
+
+    stage = "upstream_guard"
+
+    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+        assert ctx.client is not None
+        return ctx.client.upstream.guard()
+
+
 class ClientAdmission:
     stage = "client_admission"
 

@@ -27,6 +27,9 @@ class RequestContext:
     key: VerificationKey | None = None
     # Policy `forward`: the caller's own client authentication, sent upstream instead of ours.
     caller_credentials: CallerCredentials | None = None
+    # The issuer stage's verdict on an unknown or unusable `iss`, given only after the same guard and
+    # a decoy verification as a real client's forgery costs (no timing or 429 oracle of client ids).
+    issuer_refusal: Rejection | None = None
 
     @property
     def claims(self) -> dict[str, Any]:

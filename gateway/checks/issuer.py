@@ -25,12 +25,15 @@ class Issuer:
             return Rejection(Reason.ISS_MISSING, self.stage)
         # CAMARA SI: iss is the client_id. O(1) lookup; unknown and disabled clients share one
         # answer so the caller cannot tell which client ids exist.
+        # The refusal is only noted here: the request goes on through the pre-signature guard and a
+        # decoy verification (stage 12), so it costs what a real client's forgery costs.
         client = self.clients.get(iss)
         if client is None:
-            return Rejection(Reason.ISS_UNKNOWN, self.stage)
-        if not client.enabled:
-            return Rejection(Reason.CLIENT_DISABLED, self.stage)
-        ctx.client = client
-        if ctx.jws.header["alg"] not in client.algorithms:
-            return Rejection(Reason.ALG_NOT_ALLOWED_FOR_CLIENT, self.stage)
+            ctx.issuer_refusal = Rejection(Reason.ISS_UNKNOWN, self.stage)
+        elif not client.enabled:
+            ctx.issuer_refusal = Rejection(Reason.CLIENT_DISABLED, self.stage)
+        elif ctx.jws.header["alg"] not in client.algorithms:
+            ctx.issuer_refusal = Rejection(Reason.ALG_NOT_ALLOWED_FOR_CLIENT, self.stage)
+        else:
+            ctx.client = client
         return None

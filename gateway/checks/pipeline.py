@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from gateway.checks.admission import ClientAdmission
+from gateway.checks.admission import ClientAdmission, UpstreamGuard
 from gateway.checks.assertion_shape import AssertionShape
 from gateway.checks.claims import Claims
 from gateway.checks.context import Check
@@ -26,7 +26,7 @@ def request_limits(config: GatewayConfig, limiter: Limiter) -> tuple[Check, ...]
     limits = config.rate_limits
     if limits.per_ip is None and limits.global_ is None:
         return ()
-    return (RequestLimits(limiter, limits.per_ip, limits.global_),)
+    return (RequestLimits(limiter, limits.per_ip, limits.global_, limits.ipv6_prefix),)
 
 
 def build_pipeline(
@@ -45,7 +45,7 @@ def build_pipeline(
     limits = config.rate_limits
     guard: tuple[Check, ...] = ()
     if limits.per_issuer_unverified is not None:
-        guard = (IssuerGuard(limiter, limits.per_issuer_unverified),)
+        guard = (IssuerGuard(limiter, limits.per_issuer_unverified, limits.ipv6_prefix),)
     return (
         *request_limits(config, limiter),  # 5
         ClientAuthConflict(profile.incoming_client_auth),  # 6
@@ -57,5 +57,6 @@ def build_pipeline(
         *guard,  # 10: pre-verification per-issuer CPU guard
         Signature(),  # 12
         ClientGrant(),  # 12: unauthorized_client, only for a proven client
+        UpstreamGuard(),  # 15's local guards before the jti is spent
         ClientAdmission(limiter, limits.per_client, profile.clock_skew),  # 14 + 13
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from hashlib import blake2b
+from ipaddress import ip_network
 from typing import Literal
 
 from gateway.checks.context import RequestContext
@@ -53,6 +55,11 @@ class Limiter:
             for allowed in (True, False)
         }
         self._errors = metrics().state_errors
+
+    def adopt_fallback(self, previous: Limiter) -> None:
+        """Keep the previous limiter's fail_open fallback (its replay set) across a reload."""
+        if self._fallback is not None and previous._fallback is not None:
+            self._fallback = previous._fallback
 
     def _count(self, limits: Sequence[Limit], decision: Decision) -> None:
         for index, limit in enumerate(limits):
@@ -105,8 +112,11 @@ class RequestLimits:
 
     stage = "request_limits"
 
-    def __init__(self, limiter: Limiter, per_ip: Bucket | None, global_: Bucket | None) -> None:
+    def __init__(
+        self, limiter: Limiter, per_ip: Bucket | None, global_: Bucket | None, ipv6_prefix: int = 64
+    ) -> None:
         self.limiter = limiter
+        self.ipv6_prefix = ipv6_prefix
         self.limits: list[Limit] = []
         if per_ip is not None:
             self.limits.append(Limit("per_ip", per_ip, Reason.RATE_LIMITED_IP))
@@ -114,23 +124,41 @@ class RequestLimits:
             self.limits.append(Limit("global", global_, Reason.RATE_LIMITED_GLOBAL))
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
-        keys = [ctx.client_address if limit.name == "per_ip" else "all" for limit in self.limits]
+        address = address_key(ctx.client_address, self.ipv6_prefix)
+        keys = [address if limit.name == "per_ip" else "all" for limit in self.limits]
         return await self.limiter.take(self.limits, keys, self.stage)
+
+
+def address_key(address: str, ipv6_prefix: int) -> str:
+    """The rate-limit key of a client address: IPv4 as is, IPv6 by its /`ipv6_prefix` network (one
+    subscriber usually holds a whole /64: keyed per /128 it would get 2^64 allowances)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ip_network(f"{address}/{ipv6_prefix}", strict=False))
+    except ValueError:
+        return address
 
 
 class IssuerGuard:
     """Stage 10: a generous per-issuer budget before the signature is checked (a CPU guard).
 
-    A forger can spend it for a real client, which is why it is generous and why the business
-    quota is a separate limit counted only after verification.
+    Keyed by the claimed `iss` (configured or not: an unknown issuer gets the same limit and the
+    same 429, so the answer tells nothing about which client ids exist) and the caller's address
+    (IPv6: its prefix), so a forger elsewhere cannot spend a real client's allowance. The `iss` is
+    hashed: any string can arrive here, the key stays short. Verified traffic has its own quota.
     """
 
     stage = "per_issuer_unverified"
 
-    def __init__(self, limiter: Limiter, bucket: Bucket) -> None:
+    def __init__(self, limiter: Limiter, bucket: Bucket, ipv6_prefix: int = 64) -> None:
         self.limiter = limiter
+        self.ipv6_prefix = ipv6_prefix
         self.limits = [Limit("per_issuer_unverified", bucket, Reason.RATE_LIMITED_ISSUER)]
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
-        assert ctx.client is not None  # keyed by configured client ids only: bounded
-        return await self.limiter.take(self.limits, [ctx.client.client_id], self.stage)
+        assert ctx.jws is not None
+        iss = str(ctx.jws.payload.get("iss", ""))
+        digest = blake2b(iss.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        key = f"{digest}:{address_key(ctx.client_address, self.ipv6_prefix)}"
+        return await self.limiter.take(self.limits, [key], self.stage)

@@ -133,6 +133,8 @@ class Bucket(Section):
 
 class RateLimits(Section):
     per_ip: Bucket | None = Bucket(rate="50/s", burst=100)
+    # IPv6 callers are limited per network of this prefix length (per_ip, per_issuer_unverified).
+    ipv6_prefix: int = Field(64, ge=32, le=128)
     per_issuer_unverified: Bucket | None = Bucket(rate="200/s", burst=400)
     per_client: Bucket | None = Bucket(rate="20/s", burst=40)
     global_: Bucket | None = Field(Bucket(rate="2000/s", burst=4000), alias="global")

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.model import RedisSettings, State
 from gateway.errors import Reason, Rejection, error_response
 from gateway.metrics import exposition, metrics
 from gateway.runtime import Runtime
@@ -112,6 +113,25 @@ def runner_options(config: GatewayConfig) -> dict[str, object]:
     }
 
 
+# Redis settings that change how the gateway talks to the same Redis keys, not where the replay set lives.
+_REDIS_CLIENT_SETTINGS = {"timeout", "on_error", "password"}
+
+
+def state_change_problem(old: State, new: State) -> str | None:
+    """Why a reload may not change `state` this way, or None: a change that would start a new, empty
+    replay set (another backend, another Redis, or a memory set rebuilt) would accept used assertions."""
+    if old == new:
+        return None
+    if old.backend == new.backend == "memory" and old.max_replay_entries == new.max_replay_entries:
+        return None  # only the unused redis section changed
+    if old.backend == new.backend == "redis":
+        keep = set(RedisSettings.model_fields) - _REDIS_CLIENT_SETTINGS
+        if old.redis.model_dump(include=keep) == new.redis.model_dump(include=keep):
+            return None
+        return "the Redis holding the replay set cannot change on reload (used assertions would pass again); restart"
+    return "the replay set cannot move or be rebuilt on reload (used assertions would pass again); restart"
+
+
 class Gateway:
     """The running gateway: its listeners, its runtime, and config reload."""
 
@@ -122,6 +142,7 @@ class Gateway:
         self.main_app = build_main_app(self.runtime)
         self.admin_app = build_admin_app(self.runtime)
         self._runners: list[web.AppRunner] = []
+        self._reload_lock = asyncio.Lock()
         self.main_port = 0
         self.admin_port = 0
 
@@ -154,7 +175,13 @@ class Gateway:
             self.admin_port = runner.addresses[0][1]
 
     async def reload(self) -> bool:
-        """Re-read the file; a bad file is refused and the running configuration stays."""
+        """Re-read the file; a bad file is refused and the running configuration stays.
+
+        Reloads run one at a time: SIGHUPs in a burst are applied in turn, the last file read wins."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         try:
             config = load_config(self.source)
             if (config.listen, config.admin, config.workers) != (
@@ -165,9 +192,15 @@ class Gateway:
                 raise ConfigError(
                     self.source, [("listen", "listen, admin and workers cannot change on reload; restart")]
                 )
-            # The replay set and rate cells outlive a reload unless the state settings changed.
-            same_state = config.state == self.runtime.config.state
+            # The replay set and rate cells outlive a reload: the running state object is kept, or (a
+            # Redis setting such as the timeout changed) a new client to the same Redis keys is made.
+            problem = state_change_problem(self.runtime.config.state, config.state)
+            if problem is not None:
+                raise ConfigError(self.source, [("state", problem)])
+            same_state = config.state == self.runtime.config.state or config.state.backend == "memory"
             new = Runtime(config, self.source, state=self.runtime.state if same_state else None)
+            # The fail_open fallback's replay set is carried over too.
+            new.limiter.adopt_fallback(self.runtime.limiter)
             await new.start()
         except ConfigError as exc:
             metrics().config_reloads.labels("refused").inc()
