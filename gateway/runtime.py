@@ -135,7 +135,9 @@ class Runtime:
             if auth.method != "none":
                 metrics().misconfigurations.labels(client.client_id)  # present at 0 from the start
             self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
-        self.limiter = Limiter(self.state, config.state.redis.on_error)
+        self.limiter = Limiter(
+            self.state, config.state.redis.on_error, min(config.state.max_replay_entries, 100_000)
+        )
         self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.limiter)
         # Forwarded grants pass the same per-IP and global limits (design stage 4: "forward with per-IP limits").
         self.passthrough_checks: tuple[Check, ...] = request_limits(config, self.limiter)

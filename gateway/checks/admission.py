@@ -56,8 +56,7 @@ class ClientAdmission:
         claims = ctx.jws.payload
         # Keep the jti until exp + skew: after that the claims stage refuses the assertion anyway.
         ttl = float(claims["exp"]) + self.skew - time.time() + 1.0
-        key = f"{client.client_id}\x00{claims['jti']}"
-        decision = await self.limiter.admit(key, ttl, self._quota(client), client.client_id, self.stage)
+        decision = await self.limiter.admit(claims["jti"], ttl, self._quota(client), client.client_id, self.stage)
         if isinstance(decision, Rejection):
             return decision
         if decision.replayed:

@@ -43,11 +43,14 @@ class Limiter:
     """Every state decision of a request: asks the configured backend; when it cannot answer, applies
     `on_error` (fail_open: a per-process fallback); counts each limit's decision."""
 
-    def __init__(self, state: StateBackend, on_error: Literal["fail_closed", "fail_open"]) -> None:
+    def __init__(
+        self, state: StateBackend, on_error: Literal["fail_closed", "fail_open"], fallback_entries: int = 100_000
+    ) -> None:
         self._state = state
         self.on_error = on_error
         # fail_open falls back to per-process state rather than to none at all.
-        self._fallback = create_state(State(max_replay_entries=100_000)) if state.name != "memory" else None
+        fallback = State(max_replay_entries=fallback_entries)
+        self._fallback = create_state(fallback) if state.name != "memory" else None
         decisions = metrics().rate_limit_decisions
         self._counters = {
             (name, allowed): decisions.labels(name, "allowed" if allowed else "limited")
@@ -77,7 +80,14 @@ class Limiter:
                 log.warning("%s state unavailable (%s): refusing (fail_closed)", operation, exc)
                 return None
             log.warning("%s state unavailable (%s): per-process state (fail_open)", operation, exc)
-            return await call(self._fallback)
+            try:
+                decision = await call(self._fallback)
+            except StateUnavailable as full:  # the per-process replay set is full: refuse, never forget
+                log.warning("%s per-process state unavailable (%s): refusing", operation, full)
+                return None
+            if decision.allowed:
+                exc.keep()  # forwarded after all: whatever the lost Redis answer recorded must stay
+            return decision
 
     async def take(self, limits: Sequence[Limit], keys: Sequence[str], stage: str) -> Rejection | None:
         """All the limits for one request in one state call; the first refusing one answers."""
@@ -91,14 +101,14 @@ class Limiter:
         return Rejection(limits[decision.refused].reason, stage, retry_after=max(decision.retry_after, 1.0))
 
     async def admit(
-        self, key: str, ttl: float, quota: Sequence[Limit], owner: str, stage: str
+        self, jti: str, ttl: float, quota: Sequence[Limit], owner: str, stage: str
     ) -> Decision | Rejection:
-        """The replay check on `key` and the `quota` limits of `owner`, in one state call.
+        """The replay check on (`owner`, `jti`) and the `quota` limits of `owner`, in one state call.
 
         A Rejection when the state cannot answer (fail_closed); otherwise the decision, with the
         quota counted unless the key was a replay (a replay spends no quota)."""
         cell = quota[0].cell(owner) if quota else None
-        decision = await self._decide("admission", lambda state: state.admit(key, ttl, cell))
+        decision = await self._decide("admission", lambda state: state.admit(owner, jti, ttl, cell))
         if decision is None:
             return Rejection(Reason.STATE_UNAVAILABLE, stage, retry_after=1.0)
         if not decision.replayed:

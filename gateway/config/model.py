@@ -142,11 +142,52 @@ class RateLimits(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+HostPort = Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")]
+
+
+class RedisTLS(Section):
+    """TLS to Redis (and to the sentinels): the CA to verify the server, a client certificate if asked."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> RedisTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("state.redis.tls: cert_file and key_file go together")
+        return self
+
+
 class RedisSettings(Section):
-    url: str = "redis://127.0.0.1:6379/0"
+    mode: Literal["single", "sentinel", "cluster"] = "single"
+    url: str = "redis://127.0.0.1:6379/0"  # mode single
+    sentinels: tuple[HostPort, ...] = ()  # mode sentinel: host:port of each sentinel
+    service_name: str = "mymaster"  # mode sentinel: the monitored primary's name
+    db: int = Field(0, ge=0)  # mode sentinel (cluster has only db 0; single takes it from the url)
+    nodes: tuple[HostPort, ...] = ()  # mode cluster: seed nodes, the rest is discovered
+    username: SecretRef | None = None  # ACL user
+    password: SecretRef | None = None
+    sentinel_username: SecretRef | None = None
+    sentinel_password: SecretRef | None = None
+    tls: RedisTLS | None = None
+    # Every key starts with it, so that deployments can share a Redis without sharing state.
+    prefix: str = Field("bearer-gateway:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")
     timeout: Duration = 0.05
     on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
-    password: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> RedisSettings:
+        if self.mode == "sentinel" and not self.sentinels:
+            raise ValueError("state.redis.sentinels: mode sentinel needs at least one sentinel address (host:port)")
+        if self.mode == "cluster" and not self.nodes:
+            raise ValueError("state.redis.nodes: mode cluster needs at least one seed node (host:port)")
+        if self.mode != "single" and "url" in self.model_fields_set:
+            raise ValueError(f"state.redis.url: only for mode single (mode is {self.mode})")
+        if self.timeout <= 0:
+            raise ValueError("state.redis.timeout: expected a duration > 0")
+        return self
 
 
 class State(Section):

@@ -188,31 +188,3 @@ def test_example_config_is_valid(tmp_path, monkeypatch):
     config = load_config(write(tmp_path, text.replace("/etc/bearer-gateway/gw-1.pem", str(key))))
     assert config.clients[0].upstream.mode == "resign"
     assert config.upstream.circuit_breaker is not None and config.upstream.circuit_breaker.failures == 5
-
-
-async def test_memory_take_is_all_or_nothing():
-    from gateway.state.base import Cell
-    from gateway.state.memory import MemoryState
-
-    state = MemoryState()
-    wide, narrow = Cell("wide", 60.0, 5), Cell("narrow", 60.0, 1)
-    assert (await state.take([wide, narrow])).allowed
-    refused = await state.take([wide, narrow])
-    assert (refused.allowed, refused.refused) == (False, 1) and 59 < refused.retry_after <= 60
-    # The refused request moved neither cell: "wide" still has 4 of its 5.
-    assert all([(await state.take([wide])).allowed for _ in range(4)])
-    assert not (await state.take([wide])).allowed
-
-
-async def test_memory_admit_replay_before_quota():
-    from gateway.state.base import Cell
-    from gateway.state.memory import MemoryState
-
-    state = MemoryState()
-    quota = Cell("q", 60.0, 1)
-    assert (await state.admit("jti-1", 60, quota)).allowed
-    replay = await state.admit("jti-1", 60, quota)
-    assert replay.replayed and not replay.allowed
-    over = await state.admit("jti-2", 60, quota)
-    assert (over.allowed, over.replayed) == (False, False)
-    assert not (await state.admit("jti-2", 60, None)).replayed  # jti-2 was not recorded when refused
