@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# make demo AS=hydra: Ory Hydra instead of Keycloak
+AS ?= keycloak
 
 .PHONY: demo test lint bench clean
 
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	bash scripts/demo.sh
+	AS=$(AS) bash scripts/demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider -q -ra tests
