@@ -1,4 +1,4 @@
-"""Errors are values: a reason code, mapped to HTTP in one place (design: Error semantics)."""
+"""Errors are values: a reason code, mapped to HTTP in one place (README: Error semantics)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Row(enum.Enum):
 class Reason(enum.Enum):
     """Fixed reason codes: audit log and metric labels use `.value`; callers only see the row."""
 
-    # stages 0-4: request level
+    # request level: stages connection, route, size, form, dispatch (server/)
     HEADERS_TOO_LARGE = ("headers_too_large", Row.HEADERS_TOO_LARGE)
     BODY_READ_TIMEOUT = ("body_read_timeout", Row.REQUEST_TIMEOUT)
     METHOD_NOT_ALLOWED = ("method_not_allowed", Row.METHOD_NOT_ALLOWED)
@@ -47,7 +47,7 @@ class Reason(enum.Enum):
     GRANT_TYPE_MISSING = ("grant_type_missing", Row.INVALID_REQUEST)
     GRANT_TYPE_DENIED = ("grant_type_denied", Row.UNSUPPORTED_GRANT)
     OVERLOADED = ("overloaded", Row.UPSTREAM_UNAVAILABLE)
-    # stages 5-14: the jwt-bearer checks
+    # the jwt-bearer checks, in the order of checks/pipeline.py
     RATE_LIMITED_IP = ("rate_limited_ip", Row.RATE_LIMITED)
     RATE_LIMITED_GLOBAL = ("rate_limited_global", Row.RATE_LIMITED)
     RATE_LIMITED_ISSUER = ("rate_limited_issuer", Row.RATE_LIMITED)
@@ -86,7 +86,7 @@ class Reason(enum.Enum):
     SIGNATURE_INVALID = ("signature_invalid", Row.CLIENT_IDENTIFICATION)
     REPLAY = ("replay", Row.INVALID_GRANT)
     STATE_UNAVAILABLE = ("state_unavailable", Row.UPSTREAM_UNAVAILABLE)
-    # stages 15-17: upstream
+    # upstream: stages upstream_guard, forward, response
     UPSTREAM_UNREACHABLE = ("upstream_unreachable", Row.UPSTREAM_UNAVAILABLE)
     UPSTREAM_SHED = ("upstream_shed", Row.UPSTREAM_UNAVAILABLE)
     UPSTREAM_CIRCUIT_OPEN = ("upstream_circuit_open", Row.UPSTREAM_UNAVAILABLE)

@@ -107,7 +107,7 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
-        self.misconfigurations = Counter(
+        self.upstream_credential_rejections = Counter(
             "bearer_gateway_upstream_credential_rejections_total",
             "Authorization server refusals of credentials the gateway injected (a misconfiguration).",
             ["client"],

@@ -133,13 +133,13 @@ class Runtime:
                 assert auth.cert_file is not None and auth.key_file is not None
                 upstream = self._upstream_for_cert(str(auth.cert_file), str(auth.key_file), source, at)
             if auth.method != "none":
-                metrics().misconfigurations.labels(client.client_id)  # present at 0 from the start
+                metrics().upstream_credential_rejections.labels(client.client_id)  # present at 0 from the start
             self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
         self.limiter = Limiter(
             self.state, config.state.redis.on_error, min(config.state.max_replay_entries, 100_000)
         )
         self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.limiter)
-        # Forwarded grants pass the same per-IP and global limits (design stage 4: "forward with per-IP limits").
+        # Forwarded grants pass the same per-IP and global limits (README: How a request travels, dispatch).
         self.passthrough_checks: tuple[Check, ...] = request_limits(config, self.limiter)
         self.jwks_document = json.dumps(
             {"keys": [key.public_jwk() for key in self.gateway_keys]}, separators=(",", ":")

@@ -1,1 +1,1 @@
-"""The jwt-bearer checks (design stages 5-14): one small unit each, ordered in pipeline.py."""
+"""The jwt-bearer checks: one small unit each, ordered in pipeline.py (docs/architecture.md)."""

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class UpstreamGuard:
-    """Stage 15's local guards (max_in_flight, an open circuit) asked before the jti is spent: an
+    """Stage upstream_guard's local checks (max_in_flight, an open circuit) asked before the jti is spent: an
     assertion refused with 503 because the AS was never called can be retried as it is."""
 
     stage = "upstream_guard"

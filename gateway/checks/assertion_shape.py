@@ -1,4 +1,4 @@
-"""Stage 8: the assertion is a compact JWS of bounded size whose header and payload are JSON objects."""
+"""Stage assertion_shape: the assertion is a compact JWS of bounded size whose header and payload are JSON objects."""
 
 from __future__ import annotations
 

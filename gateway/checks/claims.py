@@ -1,4 +1,4 @@
-"""Stage 11: the CAMARA assertion profile's claim rules (RFC 7523 §3, CAMARA SI)."""
+"""Stage claims: the CAMARA assertion profile's claim rules (RFC 7523 §3, CAMARA SI)."""
 
 from __future__ import annotations
 

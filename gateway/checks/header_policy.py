@@ -1,4 +1,4 @@
-"""Stage 9: the JOSE header: algorithm allow-list, no key-carrying or critical headers, a sane kid."""
+"""Stage header_policy: the JOSE header: algorithm allow-list, no key-carrying or critical headers, a sane kid."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 10: `iss` names a configured, enabled client that may use the assertion's algorithm."""
+"""Stage issuer: `iss` names a configured, enabled client that may use the assertion's algorithm."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Issuer:
         # CAMARA SI: iss is the client_id. O(1) lookup; unknown and disabled clients share one
         # answer so the caller cannot tell which client ids exist.
         # The refusal is only noted here: the request goes on through the pre-signature guard and a
-        # decoy verification (stage 12), so it costs what a real client's forgery costs.
+        # decoy verification (stage signature), so it costs what a real client's forgery costs.
         client = self.clients.get(iss)
         if client is None:
             ctx.issuer_refusal = Rejection(Reason.ISS_UNKNOWN, self.stage)

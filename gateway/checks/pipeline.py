@@ -1,4 +1,4 @@
-"""The order of the jwt-bearer checks lives here and only here (design: Request flow)."""
+"""The order of the jwt-bearer checks lives here and only here (README: How a request travels)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def request_limits(config: GatewayConfig, limiter: Limiter) -> tuple[Check, ...]:
-    """Stage 5, shared by the jwt-bearer pipeline and forwarded grants: per-IP and global, one call."""
+    """Stage request_limits, shared by the jwt-bearer pipeline and forwarded grants: per-IP and global, one call."""
     limits = config.rate_limits
     if limits.per_ip is None and limits.global_ is None:
         return ()
@@ -32,14 +32,14 @@ def request_limits(config: GatewayConfig, limiter: Limiter) -> tuple[Check, ...]
 def build_pipeline(
     config: GatewayConfig, clients: Mapping[str, ClientRuntime], limiter: Limiter
 ) -> tuple[Check, ...]:
-    """Cheapest first; a check never calls the next one.
+    """Cheapest first; a check never calls the next one. Each check's `stage` names it in the audit
+    log and in the stage_duration metric.
 
-    Two deliberate moves against the design's numbering:
-    - Claims (11) run before the issuer lookup (10): a bad-claims assertion then gets the same
-      answer whether or not its `iss` names a client, so the error code is no oracle of which
-      client ids exist.
-    - The client quota (14) and the replay check (13) are one atomic state call: a replay spends
-      no quota, and an assertion refused with 429 has not been spent and can be retried.
+    Two deliberate choices in the order:
+    - `claims` runs before `issuer`: a bad-claims assertion then gets the same answer whether or
+      not its `iss` names a client, so the error code is no oracle of which client ids exist.
+    - `client_admission` is the replay check and the client quota in one atomic state call: a
+      replay spends no quota, and an assertion refused with 429 has not been spent and can be retried.
     """
     profile = config.profile
     limits = config.rate_limits
@@ -47,16 +47,16 @@ def build_pipeline(
     if limits.per_issuer_unverified is not None:
         guard = (IssuerGuard(limiter, limits.per_issuer_unverified, limits.ipv6_prefix),)
     return (
-        *request_limits(config, limiter),  # 5
-        ClientAuthConflict(profile.incoming_client_auth),  # 6
-        RequestRules(profile.forbid_scope_parameter),  # 7
-        AssertionShape(config.limits),  # 8
-        HeaderPolicy(profile, config.limits),  # 9
-        Claims(profile, config.limits),  # 11
-        Issuer(clients),  # 10
-        *guard,  # 10: pre-verification per-issuer CPU guard
-        Signature(),  # 12
-        ClientGrant(),  # 12: unauthorized_client, only for a proven client
-        UpstreamGuard(),  # 15's local guards before the jti is spent
-        ClientAdmission(limiter, limits.per_client, profile.clock_skew),  # 14 + 13
+        *request_limits(config, limiter),
+        ClientAuthConflict(profile.incoming_client_auth),
+        RequestRules(profile.forbid_scope_parameter),
+        AssertionShape(config.limits),
+        HeaderPolicy(profile, config.limits),
+        Claims(profile, config.limits),
+        Issuer(clients),
+        *guard,  # per_issuer_unverified: the pre-verification CPU guard
+        Signature(),
+        ClientGrant(),  # unauthorized_client, only for a proven client
+        UpstreamGuard(),  # upstream_guard's local checks, before the jti is spent
+        ClientAdmission(limiter, limits.per_client, profile.clock_skew),  # replay, then quota
     )

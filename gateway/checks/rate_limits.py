@@ -117,7 +117,7 @@ class Limiter:
 
 
 class RequestLimits:
-    """Stage 5: the caller's address (X-Forwarded-For only from trusted proxies) and all traffic
+    """Stage request_limits: the caller's address (X-Forwarded-For only from trusted proxies) and all traffic
     together, decided in one state call."""
 
     stage = "request_limits"
@@ -151,7 +151,7 @@ def address_key(address: str, ipv6_prefix: int) -> str:
 
 
 class IssuerGuard:
-    """Stage 10: a generous per-issuer budget before the signature is checked (a CPU guard).
+    """Stage per_issuer_unverified: a generous per-issuer budget before the signature is checked (a CPU guard).
 
     Keyed by the claimed `iss` (configured or not: an unknown issuer gets the same limit and the
     same 429, so the answer tells nothing about which client ids exist) and the caller's address

@@ -1,4 +1,4 @@
-"""Stage 7: the jwt-bearer request's own parameters (RFC 7523 §2.1, CAMARA SI)."""
+"""Stage request_rules: the jwt-bearer request's own parameters (RFC 7523 §2.1, CAMARA SI)."""
 
 from __future__ import annotations
 

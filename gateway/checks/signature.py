@@ -1,4 +1,4 @@
-"""Stage 12: the signature, with the issuing client's own key (RFC 8725 §3.8, RFC 7523 §3 item 9)."""
+"""Stages signature and client_grant: the issuing client's own key (RFC 8725 §3.8, RFC 7523 §3 item 9)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +25,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Guard:
-    """Stage 0 beyond what the HTTP parser enforces: total header bytes and concurrent requests."""
+    """Stage connection, beyond what the HTTP parser enforces: total header bytes and concurrent requests."""
 
     def __init__(self) -> None:
         self.active = 0
@@ -101,7 +101,7 @@ def build_admin_app(runtime: Runtime) -> web.Application:
 
 
 def runner_options(config: GatewayConfig) -> dict[str, object]:
-    """Stage 0 limits enforced by aiohttp's HTTP parser and protocol."""
+    """Stage connection: the limits aiohttp's HTTP parser and protocol enforce."""
     limits = config.limits
     return {
         "max_line_size": limits.max_field_bytes,
@@ -143,6 +143,7 @@ class Gateway:
         self.admin_app = build_admin_app(self.runtime)
         self._runners: list[web.AppRunner] = []
         self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[object]] = set()
         self.main_port = 0
         self.admin_port = 0
 
@@ -213,15 +214,30 @@ class Gateway:
         metrics().config_reloads.labels("ok").inc()
         log.info("configuration reloaded from %s", self.source)
         # In-flight requests hold the old runtime; give them the upstream timeout before closing it.
-        asyncio.get_running_loop().call_later(
-            old.config.upstream.timeouts.total + 1, lambda: asyncio.ensure_future(old.close(keep_state=same_state))
-        )
+        self.in_background(self._close_later(old, old.config.upstream.timeouts.total + 1, keep_state=same_state))
         return True
+
+    def in_background(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` as a task the gateway keeps a reference to (the loop keeps only a weak one)
+        until it ends; `stop()` cancels what is still running."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _close_later(old: Runtime, delay: float, *, keep_state: bool) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            await old.close(keep_state=keep_state)  # also when stop() cancels the wait
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.runtime.close()
 
 
@@ -236,7 +252,7 @@ async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False,
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: gateway.in_background(gateway.reload()))
     try:
         await stop.wait()
     finally:

@@ -1,4 +1,4 @@
-"""Stage 3: strict application/x-www-form-urlencoded parsing (RFC 6749 §3.2, Appendix B)."""
+"""Stage form: strict application/x-www-form-urlencoded parsing (RFC 6749 §3.2, Appendix B)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The token route: request-level stages 0-4, the jwt-bearer checks, and the way up and back."""
+"""The token route: stages route, size, form, dispatch, the jwt-bearer checks, and the way up and back."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class Caller:
 
 
 async def read_body(request: web.Request, runtime: Runtime) -> bytes | Rejection:
-    """Stage 2: refuse a declared oversize body unread; read any body with the same cap and a deadline."""
+    """Stage size: refuse a declared oversize body unread; read any body with the same cap and a deadline."""
     limits = runtime.config.limits
     cap = limits.max_body_bytes
     if request.content_length is not None and request.content_length > cap:
@@ -222,7 +222,7 @@ class TokenHandler:
         outcome.request_id = given if 0 < len(given) <= 64 and given.isprintable() else os.urandom(16).hex()
         caller = Caller(request, runtime)
         outcome.address = caller.address
-        # Stage 1: route.
+        # Stage route.
         if request.path not in config.token_paths:
             if config.passthrough.other_paths == "deny":
                 return self._reject(Rejection(Reason.PATH_DENIED, "route"), runtime, outcome)
@@ -236,11 +236,11 @@ class TokenHandler:
             # A token request is a few hundred bytes: nothing to gain from compression, and a decoder
             # (bombs, ratio) would run on unauthenticated input before any check.
             return self._reject(Rejection(Reason.CONTENT_ENCODING, "route"), runtime, outcome)
-        # Stage 2: size.
+        # Stage size.
         body = await read_body(request, runtime)
         if isinstance(body, Rejection):
             return self._reject(body, runtime, outcome)
-        # Stage 3: strict form.
+        # Stage form: strict parse.
         try:
             form = parse_form(body, max_params=config.limits.max_form_params)
         except FormError as exc:
@@ -248,7 +248,7 @@ class TokenHandler:
         grant_type = form.get("grant_type")
         if not grant_type:
             return self._reject(Rejection(Reason.GRANT_TYPE_MISSING, "form"), runtime, outcome)
-        # Stage 4: dispatch.
+        # Stage dispatch.
         if grant_type != JWT_BEARER:
             outcome.grant = "other"
             if config.passthrough.other_grants == "deny":
@@ -296,7 +296,7 @@ class TokenHandler:
         runtime: Runtime,
         outcome: Outcome,
     ) -> web.Response:
-        """Stage 17: pass the AS answer through, minus refresh_token; credential refusals are ours to own."""
+        """Stage response: pass the AS answer through, minus refresh_token; credential refusals are ours to own."""
         document = None
         # Parse only an answer that can matter: a refusal, or a 200 that may carry a refresh token (a
         # member name spelled with JSON escapes needs a backslash). Most 200s then go through unparsed.
@@ -316,7 +316,7 @@ class TokenHandler:
             and client.injects_credentials
             and ctx.caller_credentials is None
         ):
-            metrics().misconfigurations.labels(client.client_id).inc()
+            metrics().upstream_credential_rejections.labels(client.client_id).inc()
             log.error(
                 "authorization server refused the credentials injected for client %s (%s): check its client_auth",
                 client.client_id,

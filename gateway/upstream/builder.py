@@ -45,7 +45,7 @@ class UpstreamRequestBuilder:
         self.gateway_key = gateway_key
 
     def resign(self, claims: Mapping[str, Any]) -> str:
-        """A new assertion from the gateway as trusted issuer (design: Upstream modes, resign)."""
+        """A new assertion from the gateway as trusted issuer (README: Deploying in front of Keycloak)."""
         assert self.gateway_key is not None and self.audience is not None
         # RFC 7523 §3 item 2 wants a sub; when the profile lets an assertion without one through, the AS
         # (not the gateway, with a 500) is the one to refuse the grant.

@@ -1,4 +1,4 @@
-"""Stage 15: a circuit breaker in front of the AS, so a failing AS is not hammered by every request."""
+"""Stage upstream_guard: a circuit breaker in front of the AS, so a failing AS is not hammered by every request."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class CircuitBreaker:
 
     A probe that succeeds closes the circuit; one that fails opens it again. Failures are what the
     caller cannot be blamed for: no connection, a timeout, a 5xx or a truncated answer from the AS.
-    Whoever was handed the probe (`retry_after()` returned 0 while `probing()`) must end it with
+    Whoever was handed the probe (`acquire()` returned 0 while `probing_now()`) must end it with
     `record()` or, when it ends without a verdict (the caller went away), `release()`; otherwise the
     circuit would stay half-open with its only probe slot taken, refusing everything for good.
     """
@@ -26,7 +26,7 @@ class CircuitBreaker:
         self._gauge = metrics().upstream_circuit_open
 
     def wait(self) -> float:
-        """Like `retry_after` but takes no probe slot: 0 when a request could go now."""
+        """A getter: 0 when a request could go now, else the seconds to wait; takes no probe slot."""
         if self.opened_at is None:
             return 0.0
         remaining = self.opened_at + self.open_for - time.monotonic()
@@ -34,8 +34,9 @@ class CircuitBreaker:
             return remaining
         return 1.0 if self.probing else 0.0  # one probe at a time while half-open
 
-    def retry_after(self) -> float:
-        """0 when a request may go now (taking the probe slot when half-open); else seconds to wait."""
+    def acquire(self) -> float:
+        """Ask to send one request: 0 when it may go now (taking the probe slot when half-open),
+        else the seconds to wait. Unlike `wait()`, this changes the breaker's state."""
         wait = self.wait()
         if wait == 0.0 and self.opened_at is not None:
             self.probing = True

@@ -77,7 +77,7 @@ def ssl_context(settings: Upstream, cert_file: str | None = None, key_file: str 
 
 
 class InFlight:
-    """Stage 15 state shared by every session to the AS: requests not answered yet."""
+    """Stage upstream_guard state shared by every session to the AS: requests not answered yet."""
 
     __slots__ = ("count",)
 
@@ -166,7 +166,7 @@ class UpstreamClient:
         breaker = self.breaker
         if breaker is None:
             return await self._send(method, url, body, headers)
-        wait = breaker.retry_after()
+        wait = breaker.acquire()
         if wait > 0:
             metrics().upstream_errors.labels("upstream_circuit_open").inc()
             return Rejection(Reason.UPSTREAM_CIRCUIT_OPEN, "upstream_guard", wait)
