@@ -152,7 +152,7 @@ async def test_redis_killed_and_stalled_under_load(upstream, gateway_factory, du
     # Recovered by itself: the last half second is all 200 (through Redis again).
     assert {status for sent, _, status, _, _ in results if sent > 2.5} == {200}
     before_kill = [assertion for sent, _, status, _, assertion in results if status == 200 and sent < 0.3]
-    replays = await asyncio.gather(*(gw.token(assertion) for assertion in before_kill[:20]))
-    assert before_kill and {status for status, _, _ in replays} == {400}
+    replays = [(await gw.token(assertion))[0] for assertion in before_kill[:10]]
+    assert before_kill and set(replays) == {400}, replays
     async with gw.session.get(gw.admin_url + "/readyz") as response:
         assert response.status == 200
