@@ -6,13 +6,25 @@ STAMP := $(VENV)/.installed
 # make demo AS=hydra: Ory Hydra instead of Keycloak
 AS ?= keycloak
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean lock audit
 
-$(STAMP): pyproject.toml
+# Dependencies come from the hash-checked lock (requirements-ci.lock); the project itself on top.
+$(STAMP): pyproject.toml requirements-ci.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,dev]'
+	$(VENV)/bin/pip install -q --require-hashes -r requirements-ci.lock
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve both locks after a change of pyproject.toml (uv comes with the dev tools: pip install uv).
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -q
+lock:
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev --extra fuzz $(LOCK_FLAGS) -o requirements-ci.lock
+
+# Known advisories against the locks; says NOT AUDITED when the advisory data is unreachable.
+audit: $(STAMP)
+	$(PY) scripts/audit.py
 
 venv: $(STAMP)
 
