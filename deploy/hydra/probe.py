@@ -153,8 +153,9 @@ def main() -> int:
         # Time window and jti.
         now = int(time.time())
         ask("expired", caller.sign(claims(iat=now - 400, exp=now - 100)), secret)
-        ask("lifetime_301", caller.sign(claims(exp=now + 301)), secret)
-        ask("lifetime_3600_iat_now", caller.sign(claims(exp=now + 3600)), secret)
+        ask("lifetime_300", caller.sign(claims(iat=now, exp=now + 300)), secret)
+        ask("lifetime_301", caller.sign(claims(iat=now, exp=now + 301)), secret)
+        ask("lifetime_3600_iat_now", caller.sign(claims(iat=now, exp=now + 3600)), secret)
         ask("iat_in_future", caller.sign(claims(iat=now + 60, exp=now + 120)), secret)
         ask("iat_400s_ago_exp_in_60s", caller.sign(claims(iat=now - 400, exp=now + 60)), secret)
         ask("nbf_in_future", caller.sign(claims(nbf=now + 60)), secret)
@@ -170,6 +171,9 @@ def main() -> int:
         jti = str(uuid.uuid4())
         ask("bad_scope_then", caller.sign(claims(jti=jti)), secret, scope="sim-swap:retrieve-date")
         ask("same_jti_good_scope_after_bad_scope", caller.sign(claims(jti=jti)), secret)
+        jti = str(uuid.uuid4())
+        ask("jti_first_issuer", caller.sign(claims(jti=jti)), secret)
+        ask("same_jti_other_issuer", gateway.sign(claims(iss=GATEWAY_ISSUER, aud=hydra.token_url, jti=jti)), secret)
         # Scope handling.
         ask("no_scope_parameter_scope_claim_only", caller.sign(claims()), secret, scope=None)
         ask("scope_param_not_in_trust_relationship", caller.sign(claims()), secret, scope="sim-swap:retrieve-date")
@@ -199,7 +203,8 @@ def main() -> int:
         ask("relaxed: no_jti_same_bytes_again", no_jti, secret)
         ask("relaxed: no_iat", caller.sign(claims(iat=None)), secret)
         ask("relaxed: no_iat_exp_in_3600s", caller.sign(claims(iat=None, exp=int(time.time()) + 3600)), secret)
-        ask("relaxed: lifetime_3600_iat_now", caller.sign(claims(exp=int(time.time()) + 3600)), secret)
+        now = int(time.time())
+        ask("relaxed: lifetime_3600_iat_now", caller.sign(claims(iat=now, exp=now + 3600)), secret)
 
     print("| case | status | answer |\n|---|---|---|")
     for name, status, text in rows:

@@ -7,6 +7,7 @@ Stdlib only (like keycloak_proc), so tests, the demo and deploy/hydra/probe.py s
     hydra.create_client(CLIENT_ID, SECRET, scope="...")
     hydra.trust_issuer("acme-app", jwk, scope=[...])       # POST /admin/trust/grants/jwt-bearer/issuers
     hydra.token_requests_seen()     # POST /oauth2/token requests Hydra handled (from its JSON request log)
+    hydra.token_requests_metric()   # the same from its Prometheus endpoint (http_requests_total)
     hydra.stop()
 
 Hydra runs with the committed deploy/hydra/hydra.yml; the environment overrides ports, issuer, the
@@ -275,6 +276,17 @@ class HydraProcess:
     def token_requests_seen(self) -> int:
         """POST /oauth2/token requests Hydra answered (any status), counted from its own log."""
         return sum(1 for e in self.requests() if _path_of(e) == TOKEN_PATH and _method_of(e) == "POST")
+
+    def token_requests_metric(self) -> int:
+        """The same count from Hydra's Prometheus endpoint: http_requests_total{endpoint="/oauth2/token"}."""
+        with urllib.request.urlopen(self.admin_url + "/admin/metrics/prometheus", timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("http_requests_total{") and 'endpoint="/oauth2/token"' in line \
+                    and 'method="post"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
 
 def _path_of(entry: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 CAMARA JWT-bearer flow behind the gateway in `forward` mode: each API consumer is a trusted JWT-grant
 issuer at Hydra (its own key, its own scopes), Hydra's advertised token URL is the gateway's, and the
 gateway injects the client authentication Hydra requires. Requests reaching Hydra are counted from its
-JSON request log (one "completed handling request" line per request, written before the response)."""
+JSON request log (one "completed handling request" line per request, written before the response) and
+cross-checked with Hydra's own Prometheus counter."""
 
 from __future__ import annotations
 
@@ -165,26 +166,35 @@ def test_rejected_assertions_never_reach_hydra(hx: HydraE2E):
         ("unknown iss", camara_assertion(hx, "acme-secret", iss="nobody"), (401, "invalid_client"), (400, "invalid_grant")),
         ("sub not a CAMARA format", camara_assertion(hx, "acme-secret", sub="alice"), (400, "invalid_grant"), (200, None)),
     ]
-    before = hx.hydra.token_requests_seen()
+    before, counted = hx.hydra.token_requests_seen(), hx.hydra.token_requests_metric()
     for name, assertion, expected, _ in cases:
         status, body = post(hx.token_url, assertion)
         assert (status, body["error"]) == expected, name
-    assert hx.hydra.token_requests_seen() == before  # none of them reached Hydra
+    # None of them reached Hydra: neither its request log nor its own request counter moved.
+    assert (hx.hydra.token_requests_seen(), hx.hydra.token_requests_metric()) == (before, counted)
     # For the record (docs/implementers-guide.md): Hydra's own answers to the same assertions.
     secret = hp.basic(hp.CLIENT_ID, hp.CLIENT_SECRET)
     for name, assertion, _, hydra_says in cases:
         status, body = post(hx.hydra.token_url, assertion, secret, scope=SCOPE)
         assert (status, body.get("error")) == hydra_says, (name, body)
     assert hx.hydra.token_requests_seen() == before + len(cases)
+    assert hx.hydra.token_requests_metric() == counted + len(cases)
 
 
-def test_hydras_own_refusal_passes_through(hx: HydraE2E):
-    """A scope outside the caller's trust relationship: only Hydra knows, its answer goes back as is."""
+def test_hydras_own_refusals_pass_through(hx: HydraE2E):
+    """What only Hydra knows goes back to the caller as Hydra said it."""
     before = hx.hydra.token_requests_seen()
+    # A scope outside the caller's trust relationship (Hydra's per-issuer scope list).
     status, body = post(hx.token_url, camara_assertion(hx, "acme-secret", scope="sim-swap:retrieve-date"))
     assert (status, body["error"]) == (400, "invalid_scope")
     assert "not allowed to request scope 'sim-swap:retrieve-date'" in body["error_description"]
-    assert hx.hydra.token_requests_seen() == before + 1
+    # Hydra keeps one jti namespace for all issuers; the gateway keys replay by (iss, jti). Another
+    # caller's already used jti passes the gateway and Hydra refuses it with its own error code.
+    jti = "shared-jti-" + str(time.time_ns())
+    assert post(hx.token_url, camara_assertion(hx, "acme-secret", jti=jti))[0] == 200
+    status, body = post(hx.token_url, camara_assertion(hx, "acme-pkjwt", jti=jti))
+    assert (status, body) == (400, {"error": "jti_known", "error_description": "The jti was already used."})
+    assert hx.hydra.token_requests_seen() == before + 3
 
 
 def test_wrong_client_secret_in_gateway_config_is_502(hx: HydraE2E):
