@@ -8,18 +8,21 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.jose.keys import ALGORITHM_NAMES
+from gateway.redact import mask_userinfo
 
 
 def effective_config(config: GatewayConfig) -> str:
     """The validated config with every default filled in and secrets masked, as YAML."""
     data = config.model_dump(mode="json", by_alias=True)
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return mask_userinfo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def _configure_logging(level: str) -> None:
@@ -61,7 +64,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         if args.workers is not None and args.workers != config.workers:
-            config = type(config).model_validate({**config.model_dump(by_alias=True), "workers": args.workers})
+            # Only the one field is validated (its bounds from the model), then copied in: a dump-and-
+            # revalidate round trip fails on secrets, which do not dump as their references.
+            field = GatewayConfig.model_fields["workers"]
+            try:
+                adapter: TypeAdapter[int] = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[arg-type]
+                workers = adapter.validate_python(args.workers)
+            except ValidationError as exc:
+                raise ConfigError("--workers", [("workers", exc.errors()[0]["msg"])]) from None
+            config = config.model_copy(update={"workers": workers})
             from gateway.config.consistency import check_consistency
 
             problems = check_consistency(config)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config.model import GatewayConfig
+from gateway.redact import mask_userinfo
 
 
 class ConfigError(Exception):
@@ -22,7 +23,7 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         lines = [f"{self.source}: {path or '(top level)'}: {message}" for path, message in self.problems]
-        return "\n".join(lines)
+        return mask_userinfo("\n".join(lines))
 
 
 class _StrictLoader(yaml.SafeLoader):

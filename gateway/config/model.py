@@ -73,6 +73,8 @@ class Upstream(Section):
     tls: UpstreamTLS = UpstreamTLS()
     retry_after: Duration = 5.0
     circuit_breaker: CircuitBreakerSettings | None = CircuitBreakerSettings()
+    # An AS answer larger than this is refused (upstream_bad_response) rather than held in memory.
+    max_response_bytes: int = Field(1_048_576, ge=1024)
 
 
 class Limits(Section):

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway.jose.keys import KeyLoadError, KeySet, VerificationKey, keys_from_jwks
+from gateway.redact import mask_userinfo
 
 __all__ = ["RemoteJWKS", "RemoteJWKSSettings"]
 
@@ -35,7 +36,7 @@ class RemoteJWKSSettings:
 
     def __post_init__(self) -> None:
         if urlsplit(self.uri).scheme not in ("https", "http"):
-            raise ValueError(f"jwks_uri must be an http(s) URL, got {self.uri!r}")
+            raise ValueError(f"jwks_uri must be an http(s) URL, got {mask_userinfo(self.uri)!r}")
         if self.timeout <= 0 or self.max_bytes <= 0 or self.ttl <= 0 or self.refresh_cooldown < 0:
             raise ValueError("timeout, max_bytes and ttl must be > 0, refresh_cooldown >= 0")
 
@@ -124,7 +125,9 @@ class RemoteJWKS:
         self._last_fetch_at = monotonic()
         try:
             document = await self._download(session)
-            key_set = KeySet(keys_from_jwks(document, source=self.settings.uri, default_alg=self.settings.default_alg))
+            key_set = KeySet(
+                keys_from_jwks(document, source=mask_userinfo(self.settings.uri), default_alg=self.settings.default_alg)
+            )
         except (_FetchError, KeyLoadError) as exc:
             self._failed(str(exc))
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -181,6 +184,7 @@ class RemoteJWKS:
     def _failed(self, error: str) -> None:
         # Stale-if-error: keep the previous keys, retry no sooner than the cooldown, so
         # a dead JWKS server does not put a fetch timeout on every request.
+        error = mask_userinfo(error)  # a client library's message may quote the URI with its password
         self.last_error = error
         self._refresh_at = monotonic() + self.settings.refresh_cooldown
         logger.warning(

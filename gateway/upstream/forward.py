@@ -192,6 +192,21 @@ class UpstreamClient:
             return Rejection(Reason.UPSTREAM_CIRCUIT_OPEN, "upstream_guard", wait)
         return None
 
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        """The answer body, at most `max_response_bytes` (ValueError beyond: a bad response)."""
+        cap = self.settings.max_response_bytes
+        length = response.content_length
+        if length is not None:
+            if length > cap:
+                raise ValueError("answer larger than max_response_bytes")
+            return await response.read()  # exactly Content-Length bytes
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > cap:
+                raise ValueError("answer larger than max_response_bytes")
+        return bytes(body)
+
     async def _send(
         self,
         method: str,
@@ -212,7 +227,7 @@ class UpstreamClient:
                 headers=headers,
                 allow_redirects=False,
             ) as response:
-                payload = await response.read()
+                payload = await self._read_capped(response)
                 answer = UpstreamAnswer(response.status, payload, response.headers)
         except aiohttp.ConnectionTimeoutError:
             # No connection within timeouts.connect: the AS is unreachable, nothing was sent.
