@@ -65,7 +65,7 @@ def load_client_keys(client: Client, at: str, algorithms: frozenset[str], source
                 key_from_pem(
                     _read(p.file, source), alg=p.alg, kid=p.kid, source=str(p.file), default_alg=default_alg
                 )
-                for i, p in enumerate(keys.pem)
+                for p in keys.pem
             )
     except KeyLoadError as exc:
         raise ConfigError(source, [(f"{at}.keys", f"expected usable public keys: {exc}")]) from None
@@ -113,7 +113,7 @@ class Runtime:
         # A reload hands over the running state: the replay set must outlive a config change.
         self.state: StateBackend = state if state is not None else create_state(config.state)
         self.clients: dict[str, ClientRuntime] = {}
-        self._remote: list[tuple[str, RemoteJWKS]] = []
+        self._remote: list[RemoteJWKS] = []
         token_url = str(config.upstream.token_url)
         signer = self.gateway_keys[0] if self.gateway_keys else None
         profile_algs = frozenset(config.profile.algorithms)
@@ -153,7 +153,7 @@ class Runtime:
         remote = RemoteJWKS(
             settings, source=f"{at}.keys.jwks_uri", on_fetch=lambda outcome: counter.labels(client_id, outcome).inc()
         )
-        self._remote.append((client_id, remote))
+        self._remote.append(remote)
         return remote
 
     def _client_auth_key(self, client: Client, at: str, signer: SigningKey | None, source: str) -> SigningKey | None:
@@ -200,10 +200,10 @@ class Runtime:
             await upstream.start()
         self._jwks_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         # Concurrently: an unreachable JWKS server costs startup one timeout, not one per client.
-        await asyncio.gather(*(remote.start(self._jwks_session) for _, remote in self._remote))
+        await asyncio.gather(*(remote.start(self._jwks_session) for remote in self._remote))
 
     async def close(self, *, keep_state: bool = False) -> None:
-        for _, remote in self._remote:
+        for remote in self._remote:
             await remote.close()
         if getattr(self, "_jwks_session", None) is not None:
             await self._jwks_session.close()
