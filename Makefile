@@ -37,6 +37,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway tests scripts bench
 	$(VENV)/bin/mypy gateway
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	bash bench/run.sh
