@@ -4,10 +4,17 @@ RFC 7523 §3 item 7: each (iss, jti) is accepted once for the assertion's remain
 only after the signature verified, so a forger can spend neither a client's quota nor its jti.
 A replay is refused before any quota is spent; an assertion over quota is not recorded, so it
 can be retried after Retry-After.
+
+profile.replay chooses the replay key (README "Replay policy"): the jti, or for clients that send
+none a digest of the signed content (header.payload as sent, which the signature covers). Not the
+whole compact JWS: an ES256 signature (r, s) has a twin (r, n - s) that anyone can compute and that
+verifies too, so a digest over the signature would let a captured assertion be replayed once more.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from typing import TYPE_CHECKING
 
@@ -35,10 +42,13 @@ class UpstreamGuard:
 class ClientAdmission:
     stage = "client_admission"
 
-    def __init__(self, limiter: Limiter, default_quota: Bucket | None, clock_skew: float) -> None:
+    def __init__(
+        self, limiter: Limiter, default_quota: Bucket | None, clock_skew: float, replay: str = "jti"
+    ) -> None:
         self.limiter = limiter
         self.default_quota = default_quota
         self.skew = clock_skew
+        self.replay = replay
         # Per client id: its quota as a limit (own rate_limit, else the default), built once.
         self._quotas: dict[str, list[Limit]] = {}
 
@@ -50,13 +60,25 @@ class ClientAdmission:
             self._quotas[client.client_id] = limits
         return limits
 
+    def replay_key(self, ctx: RequestContext) -> str:
+        """What may be accepted only once: the jti, or (replay: assertion) the signed content's SHA-256."""
+        assert ctx.jws is not None
+        if self.replay == "jti":
+            return str(ctx.jws.payload["jti"])
+        digest = hashlib.sha256(ctx.jws.signing_input).digest()
+        return "sha256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
         assert ctx.jws is not None and ctx.client is not None
         client = ctx.client
+        if self.replay == "off":
+            limits = self._quota(client)
+            return await self.limiter.take(limits, [client.client_id], self.stage) if limits else None
         claims = ctx.jws.payload
-        # Keep the jti until exp + skew: after that the claims stage refuses the assertion anyway.
+        # Keep the key until exp + skew: after that the claims stage refuses the assertion anyway.
         ttl = float(claims["exp"]) + self.skew - time.time() + 1.0
-        decision = await self.limiter.admit(claims["jti"], ttl, self._quota(client), client.client_id, self.stage)
+        key = self.replay_key(ctx)
+        decision = await self.limiter.admit(key, ttl, self._quota(client), client.client_id, self.stage)
         if isinstance(decision, Rejection):
             return decision
         if decision.replayed:

@@ -42,6 +42,7 @@ class Claims:
         self.required = tuple(profile.required_claims)
         self.subject_patterns = tuple(SUBJECT_PATTERNS[name] for name in profile.subject_formats)
         self.max_jti_length = limits.max_jti_length
+        self.jti_needed = profile.replay == "jti"
 
     def _reject(self, reason: Reason) -> Rejection:
         return Rejection(reason, self.stage)
@@ -92,9 +93,12 @@ class Claims:
             if not isinstance(sub, str) or not any(p.fullmatch(sub) for p in self.subject_patterns):
                 return self._reject(Reason.SUBJECT_FORMAT)
 
-        # RFC 7523 §3 item 7: jti makes the replay cache possible; bounded and printable.
+        # RFC 7523 §3 item 7: jti makes the replay set possible; bounded and printable. Optional (when
+        # present, the same rules) unless the replay policy is jti.
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not (0 < len(jti) <= self.max_jti_length) or not _JTI.fullmatch(jti):
+        if (jti is not None or self.jti_needed) and (
+            not isinstance(jti, str) or not (0 < len(jti) <= self.max_jti_length) or not _JTI.fullmatch(jti)
+        ):
             return self._reject(Reason.JTI_INVALID)
 
         scope = claims.get("scope")

@@ -58,5 +58,5 @@ def build_pipeline(
         Signature(),
         ClientGrant(),  # unauthorized_client, only for a proven client
         UpstreamGuard(),  # upstream_guard's local checks, before the jti is spent
-        ClientAdmission(limiter, limits.per_client, profile.clock_skew),  # replay, then quota
+        ClientAdmission(limiter, limits.per_client, profile.clock_skew, profile.replay),  # replay, then quota
     )

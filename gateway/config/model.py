@@ -110,6 +110,10 @@ class Profile(Section):
     drop_refresh_token: bool = True
     errors: Literal["implicit-client-auth", "rfc7523"] = "implicit-client-auth"
     incoming_client_auth: Literal["reject", "strip", "forward"] = "reject"
+    # How a replayed assertion is recognised (README "Replay policy"): jti = each (iss, jti) once (CAMARA;
+    # jti required); assertion = each signed content (header.payload) once, for RFC 7523 clients that
+    # send no jti; off = not at all (only for an AS with its own replay defence).
+    replay: Literal["jti", "assertion", "off"] = "jti"
 
     @field_validator("algorithms", "audiences")
     @classmethod
@@ -120,12 +124,21 @@ class Profile(Section):
 
     @field_validator("required_claims")
     @classmethod
-    def _jti_exp_required(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        # RFC 7523 §3 items 1, 4 and the replay cache need these; they cannot be switched off.
-        missing = {"iss", "exp", "jti"} - set(value)
+    def _iss_exp_required(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # RFC 7523 §3 items 1 and 4, and the replay set's expiry, need these; they cannot be switched off.
+        missing = {"iss", "exp"} - set(value)
         if missing:
-            raise ValueError(f"must include {sorted(missing)} (the replay cache and RFC 7523 §3 need them)")
+            raise ValueError(f"must include {sorted(missing)} (the replay set and RFC 7523 §3 need them)")
         return value
+
+    @model_validator(mode="after")
+    def _jti_required_for_jti_replay(self) -> Profile:
+        if self.replay == "jti" and "jti" not in self.required_claims:
+            raise ValueError(
+                "required_claims must include 'jti' when replay is 'jti' (the default: each (iss, jti) is "
+                "accepted once); add 'jti', or set replay: assertion (each signed assertion once) or off"
+            )
+        return self
 
 
 class Bucket(Section):
