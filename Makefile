@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # make demo AS=hydra: Ory Hydra instead of Keycloak
 AS ?= keycloak
 
-.PHONY: demo test lint bench clean lock audit
+.PHONY: demo test lint bench clean lock audit fuzz
 
 # Dependencies come from the hash-checked lock (requirements-ci.lock); the project itself on top.
 $(STAMP): pyproject.toml requirements-ci.lock
@@ -22,6 +22,11 @@ lock:
 	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev --extra fuzz $(LOCK_FLAGS) -o requirements-ci.lock
 
+# Coverage-guided fuzzing (atheris) of the listener and the pre-signature pipeline, bounded in time.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+
 # Known advisories against the locks; says NOT AUDITED when the advisory data is unreachable.
 audit: $(STAMP)
 	$(PY) scripts/audit.py
@@ -35,7 +40,7 @@ test: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider -q -ra tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests scripts bench
+	$(VENV)/bin/ruff check gateway tests scripts bench fuzz
 	$(VENV)/bin/mypy gateway
 	$(VENV)/bin/lint-imports
 

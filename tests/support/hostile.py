@@ -111,12 +111,31 @@ async def http_exchange(port: int, raw: bytes, *, timeout: float = 5.0) -> bytes
 
 
 def status_codes(raw: bytes) -> list[int]:
-    """The status codes of every HTTP/1.1 response in a byte stream (pipelined answers)."""
+    """The status codes of the HTTP/1.x responses in a byte stream (pipelined answers), framed by
+    their Content-Length."""
     out = []
-    for line in raw.split(b"\r\n"):
-        if line.startswith(b"HTTP/1.1 "):
-            out.append(int(line.split(b" ")[1]))
+    while raw.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")) and b"\r\n\r\n" in raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        out.append(int(head[9:12]))
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        raw = rest[length:]
     return out
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one response (head and Content-Length body) and return its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return int(head[9:12])
 
 
 def post(path: str, body: bytes, extra: str = "", *, close: bool = False) -> bytes:
