@@ -41,7 +41,7 @@ def main() -> int:
     work = Path(os.environ.get("FUZZ_WORK_CORPUS", "/tmp/bearer-gateway-fuzz-corpus"))
     work.mkdir(parents=True, exist_ok=True)
     argv = [sys.argv[0], f"-max_total_time={args.seconds}", f"-artifact_prefix={crashes}/", "-max_len=4096",
-            "-timeout=10", "-print_final_stats=1", *rest, str(work), args.corpus]
+            "-timeout=10", "-print_final_stats=1", f"-dict={HERE / 'gateway.dict'}", *rest, str(work), args.corpus]
     print(f"fuzz: atheris, {args.seconds}s, corpus {args.corpus} (+ {work})", flush=True)
     atheris.Setup(argv, target.one)
     atheris.Fuzz()  # exits the process: 0 when the time is up, non-zero on a crash
