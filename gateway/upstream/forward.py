@@ -239,9 +239,10 @@ class UpstreamClient:
         except (aiohttp.ClientConnectionError, OSError):
             metrics().upstream_errors.labels("upstream_unreachable").inc()
             return Rejection(Reason.UPSTREAM_UNREACHABLE, "forward", self.settings.retry_after)
-        except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError, aiohttp.ClientError, ValueError):
-            # ClientPayloadError: a truncated or badly framed body; ValueError: a malformed answer the
-            # client library rejected late. Any client error is the AS's answer gone wrong, never a 500.
+        except (aiohttp.ClientError, ValueError):
+            # Any other client error (ClientResponseError, ClientPayloadError: a truncated or badly
+            # framed body) or ValueError (an answer over max_response_bytes) is the AS's answer gone
+            # wrong: a 503 that counts against the breaker, never a 500.
             metrics().upstream_errors.labels("upstream_bad_response").inc()
             return Rejection(Reason.UPSTREAM_BAD_RESPONSE, "forward", self.settings.retry_after)
         finally:
