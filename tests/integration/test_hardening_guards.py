@@ -161,3 +161,17 @@ async def test_open_circuit_keeps_the_assertion_usable(upstream, gateway_factory
     await asyncio.sleep(0.35)
     status, document, _ = await gw.token(retried)
     assert status == 200, json.dumps(document)
+
+
+async def test_fail_open_fallback_replay_set_survives_a_reload(upstream, gateway_factory, redis_server):
+    """Redis down under fail_open: the per-process fallback admits; a reload must not forget what it saw."""
+    state = {"backend": "redis", "redis": {"url": redis_server.url, "timeout": "100ms", "on_error": "fail_open"}}
+    cfg = config(upstream.token_url, state=state)
+    gw = await gateway_factory(cfg)
+    redis_server.stop()
+    used = ACME.assertion()
+    assert (await gw.token(used))[0] == 200  # admitted by the fallback
+    changed = {**state, "redis": {**state["redis"], "timeout": "150ms"}}
+    assert await rewrite_and_reload(gw, {**cfg, "state": changed}) is True
+    status, document, _ = await gw.token(used)
+    assert (status, document["error"]) == (400, "invalid_grant")
