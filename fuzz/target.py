@@ -1,12 +1,14 @@
 """The fuzz target: the real gateway listener on a loopback socket, fed the fuzzer's bytes.
 
-One input is one of three shapes (its first byte chooses), so the fuzzer reaches both the HTTP
-listener and the deep pre-signature checks:
+One input is one of four shapes (its first byte chooses), so the fuzzer reaches both the HTTP
+listener and the deep checks:
   0: raw bytes on the connection (request line, headers, framing, body: the listener's input);
   1: the bytes as the body of a well-formed token POST (form parser onwards);
   2: a jwt-bearer request whose assertion is built from the bytes: JSON header and payload taken
      from the data, base64url-encoded, plus a signature (assertion shape, header policy, claims,
-     issuer, guard, decoy/real signature check).
+     issuer, guard, decoy/real signature check);
+  3: the bytes as the claims of an assertion correctly signed by the configured client, so that what
+     follows the signature (admission, the upstream guard, the request builder) sees them too.
 The oracle: every answer is a complete HTTP response whose status is in the error table (never a
 5xx from the gateway itself), and the gateway logs no internal error.
 """
@@ -17,6 +19,7 @@ import asyncio
 import base64
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -81,11 +84,20 @@ class Target:
     def request_bytes(self, data: bytes) -> bytes:
         if not data:
             return b""
-        shape, rest = data[0] % 3, data[1:]
+        shape, rest = data[0] % 4, data[1:]
         if shape == 0:
             return rest
         if shape == 1:
             body = rest
+        elif shape == 3:
+            from gateway.jose.keys import ALGORITHM_OBJECTS
+
+            # NOW and LATER stand for the current time and a minute later, so dates can be current.
+            now = int(time.time())
+            claims = rest.replace(b"LATER", str(now + 60).encode()).replace(b"NOW", str(now).encode())
+            signing_input = b64(b'{"alg":"ES256","kid":"fuzz-kid"}') + b"." + b64(claims)
+            signature = ALGORITHM_OBJECTS["ES256"].sign(signing_input, self.signer.key)
+            body = b"grant_type=" + JWT_BEARER.encode() + b"&assertion=" + signing_input + b"." + b64(signature)
         else:
             cut = rest[0] if rest else 0
             header, payload = rest[1 : 1 + cut], rest[1 + cut :]
