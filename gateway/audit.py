@@ -7,7 +7,20 @@ import logging
 import time
 from typing import Any
 
+from gateway.redact import mask_userinfo
+
 audit_log = logging.getLogger("bearer_gateway.audit")
+
+# Caller-chosen fields are cut to these lengths (the JSON encoder escapes what they contain).
+MAX_METHOD = 16
+MAX_PATH = 256
+MAX_USER_AGENT = 256
+
+
+def _bounded_path(path: str) -> str:
+    path = path[:MAX_PATH]
+    # A path could quote a URL with a password in it (passthrough of other paths).
+    return mask_userinfo(path) if "@" in path else path
 
 
 # One encoder for every line: json.dumps with separators builds a new JSONEncoder per call.
@@ -37,6 +50,11 @@ def write_audit(
     stage: str,
     latency: float,
     upstream_status: int | None,
+    status: int | None = None,
+    method: str = "-",
+    path: str = "-",
+    user_agent: str = "",
+    trace_id: str | None = None,
 ) -> None:
     """Emit the audit record; every field is bounded or comes from configuration, not raw input."""
     if not audit_log.isEnabledFor(logging.INFO):
@@ -52,5 +70,11 @@ def write_audit(
         "stage": stage,
         "latency_ms": round(latency * 1000, 3),
         "upstream_status": upstream_status,
+        "status": status,
+        "method": method[:MAX_METHOD],
+        "path": _bounded_path(path),
+        "user_agent": user_agent[:MAX_USER_AGENT],
     }
+    if trace_id is not None:
+        record["trace_id"] = trace_id
     audit_log.info(_encode(record))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.jose.keys import ALGORITHM_NAMES
+from gateway.logs import configure_logging
 from gateway.redact import mask_userinfo
 
 
@@ -23,26 +23,6 @@ def effective_config(config: GatewayConfig) -> str:
     """The validated config with every default filled in and secrets masked, as YAML."""
     data = config.model_dump(mode="json", by_alias=True)
     return mask_userinfo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # Nothing logged here uses the caller's file/line, thread or process fields; not collecting them
-    # (the logging HOWTO's "Optimization" settings) takes ~10 µs off each audit line of a request.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    # The audit log is already one JSON object per line: print it as is.
-    audit = logging.getLogger("bearer_gateway.audit")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    audit.addHandler(handler)
-    audit.propagate = False
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -81,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    _configure_logging(config.logging.level)
+    configure_logging(config.logging.format, config.logging.level)
     if config.workers > 1:
         return _run_workers(args.config, config)
     try:
@@ -98,7 +78,7 @@ def _worker(source: str, index: int) -> None:
     from gateway.server.app import serve
 
     config = load_config(source)
-    _configure_logging(config.logging.level)
+    configure_logging(config.logging.format, config.logging.level)
     import uvloop
 
     # Every worker binds the same port with SO_REUSEPORT; only the first serves the admin listener.

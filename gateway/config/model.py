@@ -294,8 +294,10 @@ class Client(Section):
 
 
 class Logging(Section):
+    # Operator logs (stderr): one JSON object per line, or `time LEVEL logger message key=value`.
+    format: Literal["json", "text"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
-    audit: bool = True
+    audit: bool = True  # the audit line per token request (stdout, always JSON)
 
 
 class GatewayConfig(Section):

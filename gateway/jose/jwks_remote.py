@@ -143,7 +143,12 @@ class RemoteJWKS:
                 "jwks fetched: %s: %d key(s)",
                 self.source,
                 len(key_set),
-                extra={"jwks_source": self.source, "jwks_keys": len(key_set)},
+                extra={
+                    "jwks_source": self.source,
+                    "jwks_uri": mask_userinfo(self.settings.uri),
+                    "jwks_keys": len(key_set),
+                    "duration_ms": round((monotonic() - self._last_fetch_at) * 1000, 1),
+                },
             )
             self._report("ok")
 
@@ -192,7 +197,7 @@ class RemoteJWKS:
             self.source,
             error,
             len(self._keys),
-            extra={"jwks_source": self.source},
+            extra={"jwks_source": self.source, "jwks_uri": mask_userinfo(self.settings.uri)},
         )
         self._report("error")
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.model import RedisSettings, State
 from gateway.errors import Reason, Rejection, error_response
+from gateway.logs import set_level
 from gateway.metrics import exposition, metrics
 from gateway.runtime import Runtime
 from gateway.server.token import RUNTIME, TokenHandler, runtime_of
@@ -30,6 +35,7 @@ class Guard:
 
     def __init__(self) -> None:
         self.active = 0
+        self.cancelled = 0  # requests whose handler was cancelled (caller gone, or shutdown)
 
     def middleware(self) -> Any:
         @web.middleware
@@ -53,6 +59,9 @@ class Guard:
         self.active += 1
         try:
             return await handler(request)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         finally:
             self.active -= 1
 
@@ -68,8 +77,9 @@ async def jwks(request: web.Request) -> web.Response:
     )
 
 
-def build_main_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[Guard().middleware()], client_max_size=runtime.config.limits.max_body_bytes)
+def build_main_app(runtime: Runtime, guard: Guard | None = None) -> web.Application:
+    guard = guard if guard is not None else Guard()
+    app = web.Application(middlewares=[guard.middleware()], client_max_size=runtime.config.limits.max_body_bytes)
     app[RUNTIME] = runtime
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_route("*", "/{tail:.*}", TokenHandler().__call__)
@@ -163,7 +173,8 @@ class Gateway:
         self.source = source
         self.runtime = Runtime(config, source)
         self.reuse_port = reuse_port
-        self.main_app = build_main_app(self.runtime)
+        self.guard = Guard()
+        self.main_app = build_main_app(self.runtime, self.guard)
         self.admin_app = build_admin_app(self.runtime)
         self._runners: list[web.AppRunner] = []
         self._reload_lock = asyncio.Lock()
@@ -229,14 +240,21 @@ class Gateway:
             await new.start()
         except ConfigError as exc:
             metrics().config_reloads.labels("refused").inc()
-            log.error("configuration reload refused, keeping the running configuration:\n%s", exc)
+            log.error(
+                "configuration reload refused, keeping the running configuration",
+                extra={"config": self.source, "problems": [f"{key}: {message}" for key, message in exc.problems]},
+            )
             return False
         old = self.runtime
         self.runtime = new
         self.main_app[RUNTIME] = new
         self.admin_app[RUNTIME] = new
         metrics().config_reloads.labels("ok").inc()
-        log.info("configuration reloaded from %s", self.source)
+        set_level(config.logging.level)
+        log.info(
+            "configuration reloaded",
+            extra={"config": self.source, "config_sha256": config_hash(self.source), "clients": len(config.clients)},
+        )
         # In-flight requests hold the old runtime; give them the upstream timeout before closing it.
         self.in_background(self._close_later(old, old.config.upstream.timeouts.total + 1, keep_state=same_state))
         return True
@@ -255,14 +273,18 @@ class Gateway:
         finally:
             await old.close(keep_state=keep_state)  # also when stop() cancels the wait
 
-    async def stop(self) -> None:
+    async def stop(self) -> int:
+        """Close the listeners, letting requests in flight finish; returns how many did (drained)."""
+        in_flight, cancelled = self.guard.active, self.guard.cancelled
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        drained = in_flight - (self.guard.cancelled - cancelled)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.runtime.close()
+        return drained
 
 
 async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False, admin: bool = True) -> None:
@@ -270,7 +292,17 @@ async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False,
     gateway = Gateway(config, source, reuse_port=reuse_port)
     await gateway.start(admin=admin)
     log.info(
-        "listening on %s:%d (admin %s:%d)", config.listen.host, gateway.main_port, config.admin.host, gateway.admin_port
+        "started",
+        extra={
+            "version": __version__,
+            "config": source,
+            "config_sha256": config_hash(source),
+            "clients": len(config.clients),
+            "state_backend": config.state.backend,
+            "listen": f"{'https' if config.listen.tls else 'http'}://{config.listen.host}:{gateway.main_port}",
+            "admin": f"http://{config.admin.host}:{gateway.admin_port}" if admin else None,
+            "pid": os.getpid(),
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -279,5 +311,15 @@ async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False,
     loop.add_signal_handler(signal.SIGHUP, lambda: gateway.in_background(gateway.reload()))
     try:
         await stop.wait()
+        log.info("stopping: draining requests in flight", extra={"in_flight": gateway.guard.active})
     finally:
-        await gateway.stop()
+        drained = await gateway.stop()
+    log.info("stopped", extra={"drained_requests": drained})
+
+
+def config_hash(source: str) -> str:
+    """SHA-256 of the configuration file as read (which file version runs), '-' if unreadable."""
+    try:
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    except OSError:
+        return "-"

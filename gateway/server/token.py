@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from gateway.audit import write_audit
 from gateway.checks.context import RequestContext
 from gateway.errors import NO_STORE_HEADERS, Reason, Rejection, error_response
 from gateway.metrics import metrics
+from gateway.server.correlation import REQUEST_ID_HEADER, request_id, trace_headers, trace_id
 from gateway.server.form import FormError, parse_form
 from gateway.upstream.builder import JWT_BEARER
 from gateway.upstream.forward import UpstreamAnswer, end_to_end_headers
@@ -40,10 +40,23 @@ CANCELLED = "client_disconnected"
 class Outcome:
     """What the audit line and the metrics say about one request."""
 
-    __slots__ = ("address", "client", "grant", "reason", "request_id", "stage", "upstream_status")
+    __slots__ = (
+        "address",
+        "client",
+        "grant",
+        "reason",
+        "request_id",
+        "stage",
+        "status",
+        "trace",
+        "upstream_status",
+    )
 
     def __init__(self) -> None:
         self.request_id = "-"
+        self.status: int | None = None
+        # The trace context forwarded to the AS (a valid traceparent, tracestate), else empty.
+        self.trace: dict[str, str] = {}
         self.address = "-"
         self.client = "unknown"
         self.grant = "none"
@@ -74,7 +87,6 @@ PASSTHROUGH_HEADERS = frozenset(
         "if-modified-since",
         "if-none-match",
         "user-agent",
-        "x-request-id",
     }
 )
 
@@ -179,14 +191,17 @@ class TokenHandler:
             # Cancelled (the caller disconnected, handler_cancellation) or shut down: no answer goes
             # out, but the request is still accounted for, with what it had reached (upstream_status).
             outcome.reason, outcome.stage = CANCELLED, "connection"
-            self._account(runtime, outcome, started)
+            self._account(runtime, outcome, started, request)
             raise
         finally:
             m.in_flight.dec()
-        self._account(runtime, outcome, started)
+        # Every answer names its request id, the one in the audit line and sent to the AS.
+        response.headers[REQUEST_ID_HEADER] = outcome.request_id
+        outcome.status = response.status
+        self._account(runtime, outcome, started, request)
         return response
 
-    def _account(self, runtime: Runtime, outcome: Outcome, started: float) -> None:
+    def _account(self, runtime: Runtime, outcome: Outcome, started: float, request: web.Request) -> None:
         """The metrics and the audit line for one request, whatever became of it."""
         m = metrics()
         latency = time.perf_counter() - started
@@ -204,6 +219,11 @@ class TokenHandler:
                 stage=outcome.stage,
                 latency=latency,
                 upstream_status=outcome.upstream_status,
+                status=outcome.status,
+                method=request.method,
+                path=request.path,
+                user_agent=request.headers.get("User-Agent", ""),
+                trace_id=trace_id(outcome.trace["traceparent"]) if outcome.trace else None,
             )
 
     def _reject(self, rejection: Rejection, runtime: Runtime, outcome: Outcome) -> web.Response:
@@ -216,11 +236,10 @@ class TokenHandler:
 
     async def _handle(self, request: web.Request, runtime: Runtime, outcome: Outcome) -> web.StreamResponse:
         config = runtime.config
-        # A caller-supplied request id is kept only when it is short and printable (it reaches the logs).
-        given = request.headers.get("X-Request-Id", "")
-        # 128 random bits in hex, as uuid4().hex but without building a UUID object (a profile hot spot).
-        outcome.request_id = given if 0 < len(given) <= 64 and given.isprintable() else os.urandom(16).hex()
         caller = Caller(request, runtime)
+        headers = request.headers
+        outcome.request_id = request_id(headers.get(REQUEST_ID_HEADER), caller.via_proxy)
+        outcome.trace = trace_headers(headers.get("traceparent"), headers.get("tracestate"))
         outcome.address = caller.address
         # Stage route.
         if request.path not in config.token_paths:
@@ -282,6 +301,8 @@ class TokenHandler:
         outcome.client = client.client_id
         body, headers = client.builder.build(ctx.form, ctx.claims, ctx.caller_credentials)
         headers.update(caller.forwarding_headers(request))
+        headers[REQUEST_ID_HEADER] = outcome.request_id
+        headers.update(outcome.trace)
         answer = await client.upstream.send("POST", client.upstream.token_url, body, headers)
         if isinstance(answer, Rejection):
             return self._reject(answer, runtime, outcome)
@@ -367,6 +388,8 @@ class TokenHandler:
             url = upstream.origin.with_path(request.path).with_query(request.query_string)
         headers = passthrough_headers(request)
         headers.update(caller.forwarding_headers(request))
+        headers[REQUEST_ID_HEADER] = outcome.request_id
+        headers.update(outcome.trace)
         answer = await upstream.send(request.method, url, body, headers)
         if isinstance(answer, Rejection):
             return self._reject(answer, runtime, outcome)
