@@ -1,4 +1,4 @@
-"""Command line: run, check-config, keygen, assertion."""
+"""Command line: run, check-config, schema, keygen, assertion."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.consistency import config_warnings
 from gateway.jose.keys import ALGORITHM_NAMES
 from gateway.logs import configure_logging
 from gateway.redact import mask_userinfo
@@ -28,13 +29,31 @@ def effective_config(config: GatewayConfig) -> str:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.runtime import Runtime
 
+    source = str(args.config)
     try:
-        config = load_config(args.config)
-        Runtime(config, str(args.config))  # parses every key file too
+        config = load_config(source)
+        Runtime(config, source)  # parses every key file too
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        problems = exc.problems
+        if exc.config is not None:
+            # Cross-key rules failed: still parse the key files, for every problem in one run.
+            try:
+                Runtime(exc.config, source)
+            except ConfigError as more:
+                seen = {key for key, _ in problems}
+                problems = problems + [(key, message) for key, message in more.problems if key not in seen]
+        print(ConfigError(source, problems), file=sys.stderr)
         return 1
+    for key, message in config_warnings(config):
+        print(mask_userinfo(f"{source}: {key}: warning: {message}"), file=sys.stderr)
     print(effective_config(config), end="")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
     return 0
 
 
@@ -173,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate and print the effective config, secrets masked")
     check.add_argument("-c", "--config", required=True)
     check.set_defaults(func=cmd_check_config)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the configuration file (for editors)")
+    schema.set_defaults(func=cmd_schema)
 
     keygen = sub.add_parser("keygen", help="write a gateway signing key and print its public JWKS")
     keygen.add_argument("--alg", choices=ALGORITHM_NAMES, default="ES256")

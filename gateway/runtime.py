@@ -33,11 +33,11 @@ from gateway.upstream.injected_auth import InjectedAuth
 log = logging.getLogger("bearer_gateway")
 
 
-def _read(path: Path, source: str) -> bytes:
+def _read(path: Path, source: str, key: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ConfigError(source, [("", f"cannot read {path}: {exc.strerror}")]) from None
+        raise ConfigError(source, [(key, f"cannot read {path}: {exc.strerror}")]) from None
 
 
 def _default_rsa_alg(algorithms: frozenset[str]) -> str | None:
@@ -54,7 +54,7 @@ def load_client_keys(client: Client, at: str, algorithms: frozenset[str], source
             return KeySet(keys_from_jwks(keys.jwks, source="inline JWKS", default_alg=default_alg))
         if keys.jwks_file is not None:
             try:
-                document = json.loads(_read(keys.jwks_file, source))
+                document = json.loads(_read(keys.jwks_file, source, f"{at}.keys.jwks_file"))
             except ValueError:
                 raise ConfigError(source, [(f"{at}.keys.jwks_file", f"{keys.jwks_file} is not JSON")]) from None
             return KeySet(
@@ -63,9 +63,13 @@ def load_client_keys(client: Client, at: str, algorithms: frozenset[str], source
         if keys.pem is not None:
             return KeySet(
                 key_from_pem(
-                    _read(p.file, source), alg=p.alg, kid=p.kid, source=str(p.file), default_alg=default_alg
+                    _read(p.file, source, f"{at}.keys.pem[{j}].file"),
+                    alg=p.alg,
+                    kid=p.kid,
+                    source=str(p.file),
+                    default_alg=default_alg,
                 )
-                for p in keys.pem
+                for j, p in enumerate(keys.pem)
             )
     except KeyLoadError as exc:
         raise ConfigError(source, [(f"{at}.keys", f"expected usable public keys: {exc}")]) from None
@@ -81,20 +85,37 @@ def load_client_keys(client: Client, at: str, algorithms: frozenset[str], source
 
 
 def load_gateway_keys(config: GatewayConfig, source: str) -> list[SigningKey]:
+    """Every gateway key parsed; all the unusable ones reported at once."""
     out = []
+    problems: list[tuple[str, str]] = []
     for i, key in enumerate(config.gateway.keys):
         try:
             out.append(
                 load_signing_key(
-                    _read(key.private_key_file, source),
+                    _read(key.private_key_file, source, f"gateway.keys[{i}].private_key_file"),
                     alg=key.alg,
                     kid=key.kid,
                     source=str(key.private_key_file),
                 )
             )
         except KeyLoadError as exc:
-            raise ConfigError(source, [(f"gateway.keys[{i}]", str(exc))]) from None
+            problems.append((f"gateway.keys[{i}]", str(exc)))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(source, problems)
     return out
+
+
+def usable_algorithms_problem(keys: KeySet, algorithms: frozenset[str], at: str) -> tuple[str, str] | None:
+    """A client whose static keys all have algorithms it may not use can never be verified."""
+    if len(keys) == 0 or any(key.alg in algorithms for key in keys):
+        return None
+    found = ", ".join(sorted({f"{key.alg} (kid {key.kid})" for key in keys}))
+    return (
+        f"{at}.algorithms",
+        f"expected an algorithm of at least one of the client's keys ({found}), got {sorted(algorithms)}",
+    )
 
 
 class Runtime:
@@ -103,7 +124,12 @@ class Runtime:
     def __init__(self, config: GatewayConfig, source: str, *, state: StateBackend | None = None) -> None:
         self.config = config
         self.source = source
-        self.gateway_keys = load_gateway_keys(config, source)
+        problems: list[tuple[str, str]] = []
+        try:
+            self.gateway_keys = load_gateway_keys(config, source)
+        except ConfigError as exc:
+            problems += exc.problems  # reported with the clients' problems below
+            self.gateway_keys = []
         self.upstream = UpstreamClient(config.upstream)
         # Forwarded (unauthenticated) grants: same in-flight cap, a circuit breaker of their own.
         self.passthrough_upstream = UpstreamClient(
@@ -118,32 +144,51 @@ class Runtime:
         signer = self.gateway_keys[0] if self.gateway_keys else None
         profile_algs = frozenset(config.profile.algorithms)
         for i, client in enumerate(config.clients):
-            at = f"clients[{i}]"
-            algorithms = frozenset(client.algorithms) if client.algorithms is not None else profile_algs
-            loaded = load_client_keys(client, at, algorithms, source)
-            keys, remote = (
-                (loaded, None) if isinstance(loaded, KeySet) else (None, self._remote_jwks(client, loaded, at))
-            )
-            auth = client.upstream.client_auth
-            auth_key = self._client_auth_key(client, at, signer, source)
-            injected = InjectedAuth(auth, client.client_id, token_url, auth_key, config.gateway.issuer)
-            builder = UpstreamRequestBuilder(client.upstream, injected, config.gateway.issuer, signer)
-            upstream = self.upstream
-            if auth.method == "tls_client_auth":
-                assert auth.cert_file is not None and auth.key_file is not None
-                upstream = self._upstream_for_cert(str(auth.cert_file), str(auth.key_file), source, at)
-            if auth.method != "none":
-                metrics().upstream_credential_rejections.labels(client.client_id)  # present at 0 from the start
-            self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
+            try:
+                self._add_client(client, f"clients[{i}]", profile_algs, signer, token_url, source)
+            except ConfigError as exc:
+                problems += exc.problems  # every client's problems in one report
+        if problems:
+            raise ConfigError(source, problems)
         self.limiter = Limiter(
             self.state, config.state.redis.on_error, min(config.state.max_replay_entries, 100_000)
         )
         self.pipeline: tuple[Check, ...] = build_pipeline(config, self.clients, self.limiter)
         # Forwarded grants pass the same per-IP and global limits (README: How a request travels, dispatch).
         self.passthrough_checks: tuple[Check, ...] = request_limits(config, self.limiter)
+        self.passthrough_headers = config.passthrough.allowed_headers
         self.jwks_document = json.dumps(
             {"keys": [key.public_jwk() for key in self.gateway_keys]}, separators=(",", ":")
         ).encode()
+
+    def _add_client(
+        self,
+        client: Client,
+        at: str,
+        profile_algs: frozenset[str],
+        signer: SigningKey | None,
+        token_url: str,
+        source: str,
+    ) -> None:
+        config = self.config
+        algorithms = frozenset(client.algorithms) if client.algorithms is not None else profile_algs
+        loaded = load_client_keys(client, at, algorithms, source)
+        if isinstance(loaded, KeySet):
+            problem = usable_algorithms_problem(loaded, algorithms, at)
+            if problem is not None:
+                raise ConfigError(source, [problem])
+        keys, remote = (loaded, None) if isinstance(loaded, KeySet) else (None, self._remote_jwks(client, loaded, at))
+        auth = client.upstream.client_auth
+        auth_key = self._client_auth_key(client, at, signer, source)
+        injected = InjectedAuth(auth, client.client_id, token_url, auth_key, config.gateway.issuer)
+        builder = UpstreamRequestBuilder(client.upstream, injected, config.gateway.issuer, signer)
+        upstream = self.upstream
+        if auth.method == "tls_client_auth":
+            assert auth.cert_file is not None and auth.key_file is not None
+            upstream = self._upstream_for_cert(str(auth.cert_file), str(auth.key_file), source, at)
+        if auth.method != "none":
+            metrics().upstream_credential_rejections.labels(client.client_id)  # present at 0 from the start
+        self.clients[client.client_id] = ClientRuntime(client, algorithms, keys, remote, builder, upstream)
 
     def _remote_jwks(self, client: Client, settings: RemoteJWKSSettings, at: str) -> RemoteJWKS:
         counter = metrics().jwks_fetches
@@ -165,7 +210,7 @@ class Runtime:
         assert auth.private_key_file is not None and auth.alg is not None
         try:
             return load_signing_key(
-                _read(auth.private_key_file, source),
+                _read(auth.private_key_file, source, f"{at}.upstream.client_auth.private_key_file"),
                 alg=auth.alg,
                 kid=auth.kid or client.client_id,
                 source=str(auth.private_key_file),

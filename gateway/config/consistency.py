@@ -44,6 +44,21 @@ def _profile(config: GatewayConfig) -> list[Problem]:
     return []
 
 
+def _ports(config: GatewayConfig) -> list[Problem]:
+    listen, admin = config.listen, config.admin
+    wildcard = ("0.0.0.0", "::", "")
+    same_host = listen.host == admin.host or listen.host in wildcard or admin.host in wildcard
+    if listen.port != 0 and listen.port == admin.port and same_host:
+        return [
+            (
+                "admin.port",
+                f"expected a port other than listen.port ({listen.port}): the token and admin listeners "
+                "cannot share an address",
+            )
+        ]
+    return []
+
+
 def _listen(config: GatewayConfig) -> list[Problem]:
     if not config.listen.tls:
         return []
@@ -177,6 +192,7 @@ def _clients(config: GatewayConfig) -> list[Problem]:
 SECTION_RULES: tuple[Callable[[GatewayConfig], list[Problem]], ...] = (
     _state,
     _profile,
+    _ports,
     _listen,
     _upstream,
     _gateway_keys,
@@ -187,3 +203,34 @@ SECTION_RULES: tuple[Callable[[GatewayConfig], list[Problem]], ...] = (
 def check_consistency(config: GatewayConfig) -> list[Problem]:
     """Return (key path, message) for every inconsistency; empty when the file is coherent."""
     return [problem for rule in SECTION_RULES for problem in rule(config)]
+
+
+def config_warnings(config: GatewayConfig) -> list[Problem]:
+    """What works but is probably not meant: printed by check-config and logged at start, not refused."""
+    warnings: list[Problem] = []
+    if config.gateway.issuer.endswith("/"):
+        warnings.append(
+            (
+                "gateway.issuer",
+                f"ends with '/' ({config.gateway.issuer!r}): the AS compares issuers as exact strings, "
+                "and its identity provider is usually configured without the trailing slash",
+            )
+        )
+    if config.passthrough.other_grants == "forward" and config.passthrough.headers is None:
+        warnings.append(
+            (
+                "passthrough.other_grants",
+                "'forward' sends other grants to the AS unverified with the built-in header allow-list; "
+                "list the headers your AS needs in passthrough.headers, or set other_grants: deny",
+            )
+        )
+    for i, client in enumerate(config.clients):
+        uri = client.keys.jwks_uri
+        if uri is not None and uri.scheme == "http":
+            warnings.append(
+                (
+                    f"clients[{i}].keys.jwks_uri",
+                    "plain http: anyone on the path can swap the client's keys; use https",
+                )
+            )
+    return warnings

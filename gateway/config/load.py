@@ -16,9 +16,14 @@ from gateway.redact import mask_userinfo
 class ConfigError(Exception):
     """A refused configuration: every problem with the file, the key path and what was expected."""
 
-    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self, source: str, problems: Sequence[tuple[str, str]], config: GatewayConfig | None = None
+    ) -> None:
         self.source = source
         self.problems = list(problems)
+        # Set when only cross-key rules failed: check-config still parses the key files of this model,
+        # so that one run reports every problem of the file.
+        self.config = config
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -105,7 +110,7 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
 
     problems = check_consistency(config)
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, problems, config)
     return config
 
 
@@ -113,9 +118,16 @@ def load_config(path: str | Path) -> GatewayConfig:
     """Load and validate a YAML configuration file."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(source, [("", f"cannot read file: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            source, [("", f"expected UTF-8 text, got byte 0x{raw[exc.start]:02x} at line {line} (offset {exc.start})")]
+        ) from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:

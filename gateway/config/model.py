@@ -4,7 +4,6 @@ Single-key rules (types, bounds, enums) live here; rules across keys live in con
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.config.types import Duration, RateValue, SecretRef
+from gateway.config.types import Duration, Network, PositiveDuration, RateValue, SecretRef, duration_in
 from gateway.jose.keys import ALGORITHM_NAMES
 from gateway.jose.keys import AlgorithmName as Algorithm
 
@@ -37,7 +36,7 @@ class Listen(Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     tls: TLSFiles | None = None
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 class Admin(Section):
@@ -45,14 +44,36 @@ class Admin(Section):
     port: int = Field(9100, ge=0, le=65535)
 
 
+# Request headers a forwarded (passthrough) request keeps by default; everything else the caller sent
+# stays at the gateway (X-Real-IP, X-Original-URL, Cookie, Content-Encoding...: fields an AS or its
+# proxy might trust). X-Request-Id and the trace context are the gateway's own (README: Correlation).
+DEFAULT_PASSTHROUGH_HEADERS = (
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "content-type",
+    "dpop",
+    "if-modified-since",
+    "if-none-match",
+    "user-agent",
+)
+
+
 class Passthrough(Section):
     other_grants: Literal["forward", "deny"] = "forward"
     other_paths: Literal["forward", "deny"] = "deny"
+    # The request headers forwarded with other grants and paths (the allow-list); unset: the defaults above.
+    headers: tuple[Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], ...] | None = None
+
+    @property
+    def allowed_headers(self) -> frozenset[str]:
+        return frozenset(h.lower() for h in (self.headers if self.headers is not None else DEFAULT_PASSTHROUGH_HEADERS))
 
 
 class UpstreamTimeouts(Section):
-    connect: Duration = 1.0
-    total: Duration = 5.0
+    connect: PositiveDuration = 1.0
+    total: PositiveDuration = 5.0
 
 
 class UpstreamTLS(Section):
@@ -62,7 +83,7 @@ class UpstreamTLS(Section):
 
 class CircuitBreakerSettings(Section):
     failures: int = Field(5, ge=1)
-    open_for: Duration = 10.0
+    open_for: PositiveDuration = 10.0
 
 
 class Upstream(Section):
@@ -81,11 +102,11 @@ class Limits(Section):
     max_body_bytes: int = Field(8192, ge=256, le=1_048_576)
     max_assertion_bytes: int = Field(4096, ge=256)
     max_form_params: int = Field(16, ge=2, le=256)
-    read_timeout: Duration = 5.0
+    read_timeout: PositiveDuration = 5.0
     max_header_bytes: int = Field(16384, ge=1024)
     max_headers: int = Field(64, ge=8)
     max_field_bytes: int = Field(8190, ge=256)
-    keepalive_timeout: Duration = 15.0
+    keepalive_timeout: PositiveDuration = 15.0
     max_concurrent_requests: int = Field(1000, ge=1)
     max_jwt_header_bytes: int = Field(1024, ge=64)
     max_jwt_payload_bytes: int = Field(2048, ge=128)
@@ -101,7 +122,7 @@ class Limits(Section):
 
 class Profile(Section):
     audiences: tuple[str, ...] = ()
-    max_lifetime: Duration = 300.0
+    max_lifetime: PositiveDuration = 300.0
     clock_skew: Duration = 0.0
     algorithms: tuple[Algorithm, ...] = ALGORITHM_NAMES
     required_claims: tuple[str, ...] = ("iss", "sub", "aud", "exp", "iat", "jti", "scope")
@@ -189,7 +210,7 @@ class RedisSettings(Section):
     tls: RedisTLS | None = None
     # Every key starts with it, so that deployments can share a Redis without sharing state.
     prefix: str = Field("bearer-gateway:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")
-    timeout: Duration = 0.05
+    timeout: PositiveDuration = 0.05
     on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
 
     @model_validator(mode="after")
@@ -200,8 +221,6 @@ class RedisSettings(Section):
             raise ValueError("state.redis.nodes: mode cluster needs at least one seed node (host:port)")
         if self.mode != "single" and "url" in self.model_fields_set:
             raise ValueError(f"state.redis.url: only for mode single (mode is {self.mode})")
-        if self.timeout <= 0:
-            raise ValueError("state.redis.timeout: expected a duration > 0")
         return self
 
 
@@ -244,9 +263,9 @@ class ClientKeys(Section):
     jwks_file: Path | None = None
     pem: tuple[PemKey, ...] | None = None
     jwks_uri: AnyHttpUrl | None = None
-    ttl: Annotated[Duration, Field(gt=0)] = 300.0
+    ttl: PositiveDuration = 300.0
     refresh_cooldown: Duration = 30.0
-    fetch_timeout: Annotated[Duration, Field(gt=0)] = 2.0
+    fetch_timeout: PositiveDuration = 2.0
     max_bytes: int = Field(65536, ge=1024)
 
     @model_validator(mode="after")
@@ -276,7 +295,7 @@ class ClientAuth(Section):
 class ClientUpstream(Section):
     mode: Literal["forward", "resign"] = "forward"
     audience: str | None = None
-    lifetime: Annotated[Duration, Field(ge=1.0, le=300.0)] = 60.0  # the re-issued assertion: short-lived
+    lifetime: duration_in(at_least=1.0, at_most=300.0) = 60.0  # type: ignore[valid-type]  # the re-issued assertion: short-lived
     copy_claims: tuple[str, ...] = ("scope",)
     subject_map: dict[str, str] = {}
     scope_parameter: bool = False
@@ -316,6 +335,16 @@ class GatewayConfig(Section):
     gateway: GatewaySection = GatewaySection()
     logging: Logging = Logging()
     clients: tuple[Client, ...] = ()
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _clients_are_a_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            names = ", ".join(str(k) for k in list(value)[:3])
+            raise ValueError(
+                f"expected a list of clients, each item starting with '- client_id: ...'; got a mapping (keys: {names})"
+            )
+        return value
 
     @field_validator("clients")
     @classmethod

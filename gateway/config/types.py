@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+DURATION_PATTERN = _DURATION.pattern
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^(\d+)\s*/\s*(s|m|h)$")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -27,6 +29,8 @@ def parse_duration(value: Any) -> float:
 
 
 def format_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0s"
     if seconds < 1 and seconds * 1000 == int(seconds * 1000):
         return f"{int(seconds * 1000)}ms"
     if seconds == int(seconds):
@@ -112,6 +116,81 @@ def parse_secret(value: Any) -> Secret:
     raise ValueError("expected a secret reference ${ENV_NAME} or {file: /path}")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
-RateValue = Annotated[Rate, BeforeValidator(parse_rate), PlainSerializer(str)]
-SecretRef = Annotated[Secret, BeforeValidator(parse_secret), PlainSerializer(repr)]
+def parse_network(value: Any) -> IPv4Network | IPv6Network:
+    """`10.0.0.0/8`, `2001:db8::/32`, or one address (a /32 or /128); host bits must be zero."""
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    expected = "expected an IP network in CIDR notation such as 10.0.0.0/8 or 2001:db8::/32 (host bits zero)"
+    if not isinstance(value, str):
+        raise ValueError(f"{expected}, got {value!r}")
+    try:
+        return ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(f"{expected}, got {value!r}") from None
+
+
+# The JSON Schema (`bearer-gateway schema`) of each scalar type, as written in the YAML file.
+_DURATION_SCHEMA = {"type": "string", "pattern": _DURATION.pattern, "examples": ["300ms", "5s", "2m"]}
+_RATE_SCHEMA = {"type": "string", "pattern": _RATE.pattern, "examples": ["50/s", "600/m"]}
+_SECRET_SCHEMA = {
+    "description": "a secret reference, never the secret: ${ENV_NAME} or {file: /path}",
+    "anyOf": [
+        {"type": "string", "pattern": _ENV_REF.pattern},
+        {
+            "type": "object",
+            "properties": {"file": {"type": "string"}},
+            "required": ["file"],
+            "additionalProperties": False,
+        },
+    ],
+}
+
+
+def _human(seconds: float) -> str:
+    """A duration in its largest whole unit, for messages: 3600 -> 1h, 300 -> 5m, 0 -> 0s."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return format_duration(seconds)
+
+
+def duration_in(*, above: float | None = None, at_least: float | None = None, at_most: float | None = None) -> Any:
+    """A Duration type bounded as given; the refusal says the bounds and what the file had, in units."""
+    bounds = []
+    if above is not None:
+        bounds.append(f"> {_human(above)}")
+    if at_least is not None:
+        bounds.append(f">= {_human(at_least)}")
+    if at_most is not None:
+        bounds.append(f"<= {_human(at_most)}")
+
+    def check(seconds: float) -> float:
+        if (
+            (above is not None and seconds <= above)
+            or (at_least is not None and seconds < at_least)
+            or (at_most is not None and seconds > at_most)
+        ):
+            raise ValueError(f"expected a duration {' and '.join(bounds)}, got {_human(seconds)}")
+        return seconds
+
+    return Annotated[
+        float,
+        BeforeValidator(parse_duration),
+        AfterValidator(check),
+        PlainSerializer(format_duration),
+        WithJsonSchema(_DURATION_SCHEMA),
+    ]
+
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(format_duration), WithJsonSchema(_DURATION_SCHEMA)
+]
+# A duration where zero breaks something (a timeout that fires at once, a lifetime nothing fits in).
+PositiveDuration = duration_in(above=0)
+RateValue = Annotated[Rate, BeforeValidator(parse_rate), PlainSerializer(str), WithJsonSchema(_RATE_SCHEMA)]
+SecretRef = Annotated[Secret, BeforeValidator(parse_secret), PlainSerializer(repr), WithJsonSchema(_SECRET_SCHEMA)]
+Network = Annotated[
+    IPv4Network | IPv6Network,
+    BeforeValidator(parse_network),
+    WithJsonSchema({"type": "string", "description": "an IP network in CIDR notation, e.g. 10.0.0.0/8"}),
+]

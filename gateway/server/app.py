@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.consistency import config_warnings
 from gateway.config.model import RedisSettings, State
 from gateway.errors import Reason, Rejection, error_response
 from gateway.logs import set_level
@@ -192,6 +193,7 @@ class Gateway:
         if config.listen.tls:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(str(config.listen.tls.cert_file), str(config.listen.tls.key_file))
+        self._runners.append(main)
         site = web.TCPSite(
             main,
             config.listen.host,
@@ -200,15 +202,23 @@ class Gateway:
             reuse_port=self.reuse_port or None,
             backlog=1024,
         )
-        await site.start()
-        self._runners.append(main)
+        await self._bind(site, "listen", config.listen.host, config.listen.port)
         self.main_port = main.addresses[0][1]
         if admin:
             runner = web.AppRunner(self.admin_app, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, config.admin.host, config.admin.port).start()
             self._runners.append(runner)
+            await self._bind(web.TCPSite(runner, config.admin.host, config.admin.port), "admin", config.admin.host,
+                             config.admin.port)
             self.admin_port = runner.addresses[0][1]
+
+    async def _bind(self, site: web.TCPSite, section: str, host: str, port: int) -> None:
+        """Start listening; a port in use (or a host not on this machine) is a one-line ConfigError."""
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(self.source, [(f"{section}.port", f"cannot listen on {host}:{port}: {reason}")]) from None
 
     async def reload(self) -> bool:
         """Re-read the file; a bad file is refused and the running configuration stays.
@@ -290,7 +300,13 @@ class Gateway:
 async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False, admin: bool = True) -> None:
     """Run until SIGINT/SIGTERM; SIGHUP reloads the configuration."""
     gateway = Gateway(config, source, reuse_port=reuse_port)
-    await gateway.start(admin=admin)
+    try:
+        await gateway.start(admin=admin)
+    except BaseException:
+        await gateway.stop()
+        raise
+    for key, message in config_warnings(config):
+        log.warning("configuration warning", extra={"config": source, "key": key, "problem": message})
     log.info(
         "started",
         extra={

@@ -74,27 +74,11 @@ def forwarded_for(request: web.Request) -> str:
     return ", ".join(request.headers.getall("X-Forwarded-For", ()))
 
 
-# Request headers a forwarded (passthrough) request keeps; everything else the caller sent stays here
-# (X-Real-IP, X-Original-URL, Cookie, Content-Encoding...: fields an AS or its proxy might trust).
-PASSTHROUGH_HEADERS = frozenset(
-    {
-        "accept",
-        "accept-encoding",
-        "accept-language",
-        "authorization",
-        "content-type",
-        "dpop",
-        "if-modified-since",
-        "if-none-match",
-        "user-agent",
-    }
-)
-
-
-def passthrough_headers(request: web.Request) -> CIMultiDict[str]:
+def passthrough_headers(request: web.Request, allowed: frozenset[str]) -> CIMultiDict[str]:
+    """The caller's headers on the passthrough allow-list (`passthrough.headers`)."""
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        if name.lower() in PASSTHROUGH_HEADERS:
+        if name.lower() in allowed:
             out.add(name, value)
     return out
 
@@ -386,7 +370,7 @@ class TokenHandler:
             url = upstream.token_url
         else:
             url = upstream.origin.with_path(request.path).with_query(request.query_string)
-        headers = passthrough_headers(request)
+        headers = passthrough_headers(request, runtime.passthrough_headers)
         headers.update(caller.forwarding_headers(request))
         headers[REQUEST_ID_HEADER] = outcome.request_id
         headers.update(outcome.trace)
