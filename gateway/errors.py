@@ -147,16 +147,26 @@ _BODIES: dict[tuple[str, Row], bytes] = {
 }
 
 
-def error_response(rejection: Rejection, profile: str) -> web.Response:
-    """The RFC 6749 §5.2 JSON error body for a rejection under the given error profile."""
+def rejection_parts(rejection: Rejection, profile: str) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of a rejection under the given error profile: one home for both listeners."""
     status = PROFILES[profile][rejection.reason.row][0]
     headers = dict(NO_STORE_HEADERS)
     if rejection.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(rejection.retry_after + 0.999)))
+        headers["Retry-After"] = str(retry_after_seconds(rejection.retry_after))
     if rejection.reason.row is Row.METHOD_NOT_ALLOWED:
         headers["Allow"] = "POST"
     if status == 401:
         # RFC 6749 §5.2: a 401 invalid_client answer carries WWW-Authenticate.
         headers["WWW-Authenticate"] = 'Basic realm="token"'
-    body = _BODIES[(profile, rejection.reason.row)]
+    return status, headers, _BODIES[(profile, rejection.reason.row)]
+
+
+def retry_after_seconds(retry_after: float) -> int:
+    """Retry-After in whole seconds, rounded up, at least 1."""
+    return max(1, int(retry_after + 0.999))
+
+
+def error_response(rejection: Rejection, profile: str) -> web.Response:
+    """The RFC 6749 §5.2 JSON error body for a rejection under the given error profile (aiohttp listener)."""
+    status, headers, body = rejection_parts(rejection, profile)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)

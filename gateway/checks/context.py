@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
-
 from gateway.errors import Rejection
 
 if TYPE_CHECKING:
@@ -18,7 +16,8 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class RequestContext:
-    request: web.Request
+    # The caller's Authorization header (stage client_auth_conflict), None when absent.
+    authorization: str | None
     form: dict[str, str]
     client_address: str
     received_at: float  # wall-clock seconds at receipt: the reference for exp/iat/nbf

@@ -20,7 +20,7 @@ class ClientAuthConflict:
 
     async def __call__(self, ctx: RequestContext) -> Rejection | None:
         form = ctx.form
-        authorization = ctx.request.headers.get("Authorization")
+        authorization = ctx.authorization
         present = authorization is not None or any(p in form for p in CLIENT_AUTH_PARAMETERS)
         if not present:
             return None

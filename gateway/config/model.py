@@ -35,6 +35,8 @@ class TLSFiles(Section):
 class Listen(Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
+    # The main listener's HTTP server: the lean one (asyncio + httptools, server/http1.py) or aiohttp's.
+    engine: Literal["lean", "aiohttp"] = "aiohttp"
     tls: TLSFiles | None = None
     trusted_proxies: tuple[Network, ...] = ()
 

@@ -10,7 +10,7 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -24,11 +24,13 @@ from gateway.errors import Reason, Rejection, error_response
 from gateway.logs import set_level
 from gateway.metrics import exposition, metrics
 from gateway.runtime import Runtime
+from gateway.server.http1 import Listener
 from gateway.server.token import RUNTIME, TokenHandler, runtime_of
 
 log = logging.getLogger("bearer_gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class Guard:
@@ -178,6 +180,7 @@ class Gateway:
         self.main_app = build_main_app(self.runtime, self.guard)
         self.admin_app = build_admin_app(self.runtime)
         self._runners: list[web.AppRunner] = []
+        self._lean: Listener | None = None
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[object]] = set()
         self.main_port = 0
@@ -186,36 +189,44 @@ class Gateway:
     async def start(self, *, admin: bool = True) -> None:
         config = self.runtime.config
         await self.runtime.start()
-        options = runner_options(config)
-        main = web.AppRunner(self.main_app, **options)  # type: ignore[arg-type]
-        await main.setup()
         tls = None
         if config.listen.tls:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(str(config.listen.tls.cert_file), str(config.listen.tls.key_file))
-        self._runners.append(main)
-        site = web.TCPSite(
-            main,
-            config.listen.host,
-            config.listen.port,
-            ssl_context=tls,
-            reuse_port=self.reuse_port or None,
-            backlog=1024,
-        )
-        await self._bind(site, "listen", config.listen.host, config.listen.port)
-        self.main_port = main.addresses[0][1]
+        if config.listen.engine == "lean":
+            self._lean = Listener(lambda: self.runtime, self.guard, tls=tls)
+            self.main_port = await self._bind(
+                self._lean.start(config.listen.host, config.listen.port, reuse_port=self.reuse_port),
+                "listen",
+                config.listen.host,
+                config.listen.port,
+            )
+        else:
+            main = web.AppRunner(self.main_app, **runner_options(config))  # type: ignore[arg-type]
+            await main.setup()
+            self._runners.append(main)
+            site = web.TCPSite(
+                main,
+                config.listen.host,
+                config.listen.port,
+                ssl_context=tls,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
+            await self._bind(site.start(), "listen", config.listen.host, config.listen.port)
+            self.main_port = main.addresses[0][1]
         if admin:
             runner = web.AppRunner(self.admin_app, access_log=None)
             await runner.setup()
             self._runners.append(runner)
-            await self._bind(web.TCPSite(runner, config.admin.host, config.admin.port), "admin", config.admin.host,
-                             config.admin.port)
+            await self._bind(web.TCPSite(runner, config.admin.host, config.admin.port).start(), "admin",
+                             config.admin.host, config.admin.port)
             self.admin_port = runner.addresses[0][1]
 
-    async def _bind(self, site: web.TCPSite, section: str, host: str, port: int) -> None:
+    async def _bind(self, starting: Awaitable[T], section: str, host: str, port: int) -> T:
         """Start listening; a port in use (or a host not on this machine) is a one-line ConfigError."""
         try:
-            await site.start()
+            return await starting
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConfigError(self.source, [(f"{section}.port", f"cannot listen on {host}:{port}: {reason}")]) from None
@@ -286,6 +297,10 @@ class Gateway:
     async def stop(self) -> int:
         """Close the listeners, letting requests in flight finish; returns how many did (drained)."""
         in_flight, cancelled = self.guard.active, self.guard.cancelled
+        if self._lean is not None:
+            # In-flight requests may still wait on the AS: give them its timeout to finish.
+            await self._lean.drain(self.runtime.config.upstream.timeouts.total + 1)
+            self._lean = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -24,7 +24,7 @@ NOW = 1_900_000_000.0
 
 
 def check(claims: dict[str, Any]) -> Rejection | None:
-    ctx = RequestContext(request=None, form={}, client_address="-", received_at=NOW)  # type: ignore[arg-type]
+    ctx = RequestContext(authorization=None, form={}, client_address="-", received_at=NOW)
     ctx.jws = CompactJWS({"alg": "ES256"}, claims, b"", b"x")
     return asyncio.run(CLAIMS(ctx))
 

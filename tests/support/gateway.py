@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,13 @@ AUDIENCE = "https://gateway.test/oauth2/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
+# BG_TEST_ENGINE=aiohttp|lean runs every test that starts a gateway on that listener (default: the config default).
+ENGINE = os.environ.get("BG_TEST_ENGINE")
+
+
 def base_config(token_url: str, **sections: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": 0},
+        "listen": {"host": "127.0.0.1", "port": 0, **({"engine": ENGINE} if ENGINE else {})},
         "admin": {"host": "127.0.0.1", "port": 0},
         "token_paths": [TOKEN_PATH],
         "upstream": {"token_url": token_url, "timeouts": {"connect": "1s", "total": "2s"}},
