@@ -36,6 +36,7 @@ from yarl import URL
 
 from gateway.errors import Reason, Rejection
 from gateway.server import token
+from gateway.server.correlation import REQUEST_ID_HEADER
 from gateway.server.incoming import Incoming
 from gateway.server.wire import date_line, rejection_bytes, response_bytes, status_line
 from gateway.upstream.answer import Passed
@@ -583,7 +584,7 @@ class Connection(asyncio.Protocol):
         extra = _id_line(outcome)
         if isinstance(result, Passed):
             headers = result.headers
-            headers.popall(token.REQUEST_ID_HEADER, None)
+            headers.popall(REQUEST_ID_HEADER, None)
             outcome.status = result.status
             data = response_bytes(result.status, headers.items(), result.body, extra, close=close)
         else:
