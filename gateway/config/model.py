@@ -214,6 +214,8 @@ class RedisSettings(Section):
     prefix: str = Field("bearer-gateway:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")
     timeout: PositiveDuration = 0.05
     on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # WAIT for this many replicas after recording a jti (0: asynchronous replication only).
+    replay_wait_replicas: int = Field(0, ge=0, le=16)
 
     @model_validator(mode="after")
     def _mode_settings(self) -> RedisSettings:

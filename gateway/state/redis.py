@@ -23,7 +23,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config.model import RedisSettings
@@ -70,7 +72,8 @@ def connect(settings: RedisSettings) -> Any:
     if settings.mode == "cluster":
         nodes = [ClusterNode(*_host_port(node)) for node in settings.nodes]
         options["max_connections"] = 64  # per node
-        return RedisCluster(startup_nodes=nodes, cluster_error_retry_attempts=2, **options, **tls)
+        # A refused connection or MOVED re-reads the slot map and tries again, inside the call's timeout.
+        return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 2), **options, **tls)
     if settings.mode == "sentinel":
         sentinel_options: dict[str, Any] = {
             "socket_timeout": settings.timeout,
@@ -101,6 +104,10 @@ class RedisState:
         self.timeout = settings.timeout
         self.prefix = settings.prefix
         self._client = connect(settings)
+        self.cluster = settings.mode == "cluster"
+        # WAIT after an admission: the jti is on that many replicas before the request goes on.
+        self.wait_replicas = settings.replay_wait_replicas
+        self._wait_ms = max(1, int(settings.timeout * 1000 * 0.8))  # WAIT gives up inside the call's bound
         self._take = Script("take", clock)
         self._admit = Script("admit", clock)
         self._release = Script("release", clock)
@@ -118,12 +125,40 @@ class RedisState:
             # A new primary (failover) or a restarted node has an empty script cache: EVAL loads it.
             return await self._client.eval(script.source, len(keys), *keys, *args)
 
-    async def _call(self, operation: str, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _eval_and_wait(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """The script, then WAIT on the same connection (one round trip): (result, replicas that acknowledged)."""
+        for command, name in (("EVALSHA", script.sha), ("EVAL", script.source)):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.execute_command(command, name, len(keys), *keys, *args)
+            wait = ("WAIT", self.wait_replicas, self._wait_ms)
+            if self.cluster:  # WAIT names no key: send it to the node that ran the script
+                pipe.execute_command(*wait, target_nodes=self._client.get_node_from_key(keys[0]))
+            else:
+                pipe.execute_command(*wait)
+            result, acknowledged = await pipe.execute(raise_on_error=False)
+            if not isinstance(result, NoScriptError):
+                break  # else: a new primary's empty script cache (EVAL loads it)
+        for answer in (result, acknowledged):
+            if isinstance(answer, Exception):
+                raise answer
+        return result, int(acknowledged)
+
+    async def _call(self, operation: str, script: Script, keys: Sequence[str], args: Sequence[Any],
+                    wait: bool = False) -> Any:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
+                if wait:
+                    result, acknowledged = await self._eval_and_wait(script, keys, args)
+                    if acknowledged < self.wait_replicas and result[0] == 1:
+                        raise ReplicasBehind(f"{acknowledged} of {self.wait_replicas} replicas acknowledged")
+                    return result
                 return await self._eval(script, keys, args)
         except (TimeoutError, RedisError, OSError) as exc:
+            raise StateUnavailable(f"redis {operation}: {type(exc).__name__}") from None
+        except Exception as exc:  # the client's own faults in a failover are an outage too
+            # (redis-py 8.1 raises AttributeError writing to a connection another task closed.)
+            log.debug("redis %s: %r", operation, exc)
             raise StateUnavailable(f"redis {operation}: {type(exc).__name__}") from None
         finally:
             self._latency.labels(operation).observe(time.perf_counter() - started)
@@ -156,7 +191,7 @@ class RedisState:
         if quota is not None:
             args += [quota.interval_us, quota.burst]
         try:
-            status, retry_us = await self._call("admit", self._admit, keys, args)
+            status, retry_us = await self._call("admit", self._admit, keys, args, wait=self.wait_replicas > 0)
         except StateUnavailable as exc:
             # The script may have run although its answer never came: undo it unless kept.
             raise AdmitUnanswered(str(exc), self._undo(keys, args)) from None
@@ -203,6 +238,10 @@ class RedisState:
         for task in list(self._releases):
             task.cancel()
         await self._client.aclose()
+
+
+class ReplicasBehind(RedisError):
+    """WAIT timed out before `state.redis.replay_wait_replicas` replicas had the admission."""
 
 
 class _Release:

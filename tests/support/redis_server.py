@@ -18,12 +18,12 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, *extra: str, appendonly: bool = False) -> None:
+    def __init__(self, *extra: str, appendonly: bool = False, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
         self.binary = binary
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="bg-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         # appendonly: every write fsynced, so a killed and restarted server still knows every jti.
