@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(900)  # the subprocess has its own 600 s bound; a cold Keycloak install fits in it
 def test_demo_oneshot_prints_a_keycloak_token():
     _require_tools()
     result = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env={**os.environ, "DEMO_ONESHOT": "1"},
