@@ -113,6 +113,38 @@ class Metrics:
             ["client"],
             registry=registry,
         )
+        self.config_last_reload_successful = Gauge(
+            "bearer_gateway_config_last_reload_successful",
+            "1 if the last configuration load (start or SIGHUP) succeeded, 0 if it was refused.",
+            registry=registry,
+            multiprocess_mode="min",
+        )
+        self.config_last_reload_success = Gauge(
+            "bearer_gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start or SIGHUP).",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.certificate_expiry = Gauge(
+            "bearer_gateway_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter, Unix time) of each certificate the gateway presents: listen, admin, "
+            "client_auth:<client id> (tls_client_auth to the AS).",
+            ["certificate"],
+            registry=registry,
+            multiprocess_mode="min",
+        )
+        self.replay_set_entries = Gauge(
+            "bearer_gateway_replay_set_entries",
+            "Entries in the in-memory replay set (state.backend memory), read at scrape time.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.replay_set_capacity = Gauge(
+            "bearer_gateway_replay_set_capacity",
+            "state.max_replay_entries: when the set is full, new assertions are refused with 503.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         # A gauge rather than an Info metric: Info does not work in multi-process mode.
         self.build = Gauge(
             "bearer_gateway_build_info",

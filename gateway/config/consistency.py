@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.config.model import Client, ClientAuth, GatewayConfig
+from gateway.config.model import Client, ClientAuth, GatewayConfig, TLSFiles
 from gateway.jose.keys import ALGORITHM_NAMES
 
 Problem = tuple[str, str]  # (key path, message)
@@ -59,12 +59,24 @@ def _ports(config: GatewayConfig) -> list[Problem]:
     return []
 
 
-def _listen(config: GatewayConfig) -> list[Problem]:
-    if not config.listen.tls:
+def _tls_files(tls: TLSFiles | None, at: str) -> list[Problem]:
+    if tls is None:
         return []
-    return _file_problem(config.listen.tls.cert_file, "listen.tls.cert_file") + _file_problem(
-        config.listen.tls.key_file, "listen.tls.key_file"
-    )
+    problems = _file_problem(tls.cert_file, f"{at}.cert_file") + _file_problem(tls.key_file, f"{at}.key_file")
+    problems += _file_problem(tls.client_ca_file, f"{at}.client_ca_file")
+    if tls.ciphers is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).set_ciphers(tls.ciphers)
+        except ssl.SSLError:
+            expected = "expected an OpenSSL cipher list naming ciphers it knows"
+            problems.append((f"{at}.ciphers", f"{expected}, got {tls.ciphers!r}"))
+    return problems
+
+
+def _listen(config: GatewayConfig) -> list[Problem]:
+    return _tls_files(config.listen.tls, "listen.tls") + _tls_files(config.admin.tls, "admin.tls")
 
 
 def _upstream(config: GatewayConfig) -> list[Problem]:

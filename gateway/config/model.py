@@ -28,8 +28,17 @@ class Section(BaseModel):
 
 
 class TLSFiles(Section):
+    """A TLS listener: its certificate (re-read on SIGHUP), the oldest protocol and the ciphers it
+    accepts, and optionally the CA of the client certificates it asks for (mTLS callers)."""
+
     cert_file: Path
     key_file: Path
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults); unset: OpenSSL's defaults.
+    ciphers: str | None = Field(None, min_length=1)
+    client_ca_file: Path | None = None
+    # With client_ca_file: required (no certificate, no connection) or optional (checked if given).
+    client_auth: Literal["required", "optional"] = "required"
 
 
 class Listen(Section):
@@ -41,9 +50,23 @@ class Listen(Section):
     trusted_proxies: tuple[Network, ...] = ()
 
 
+class Readiness(Section):
+    # false (default): /readyz does not fail while the AS is unreachable (the token route answers 503
+    # + Retry-After itself; failing readiness would take every replica out at once). true: it does.
+    require_upstream: bool = False
+    # The AS probe's answer is reused this long: probes do not each send a request to the AS.
+    upstream_probe_interval: PositiveDuration = 10.0
+
+
 class Admin(Section):
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
+    readiness: Readiness = Readiness()
+    # /metrics only with `Authorization: Bearer <token>` (a secret reference); /healthz and /readyz stay open.
+    metrics_token: SecretRef | None = None
+    # TLS on the admin listener; with tls.client_ca_file, /metrics needs a client certificate from that CA
+    # (the handshake asks for one but does not require it, so that probes without one still work).
+    tls: TLSFiles | None = None
 
 
 # Request headers a forwarded (passthrough) request keeps by default; everything else the caller sent

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +27,7 @@ from gateway.logs import set_level
 from gateway.metrics import exposition, metrics
 from gateway.runtime import Runtime
 from gateway.server.http1 import Listener
+from gateway.server.tls import load_certificate, not_after, server_context
 from gateway.server.token import RUNTIME, TokenHandler, runtime_of
 
 log = logging.getLogger("bearer_gateway")
@@ -93,21 +96,82 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+class UpstreamProbe:
+    """The AS reachability seen by /readyz, probed at most once per `upstream_probe_interval`
+    (one probe in flight at a time) rather than once per readiness probe of every kubelet."""
+
+    def __init__(self) -> None:
+        self.checked_at = -float("inf")
+        self.reachable = False
+        self.probes = 0
+        self._lock = asyncio.Lock()
+
+    async def check(self, runtime: Runtime) -> bool:
+        interval = runtime.config.admin.readiness.upstream_probe_interval
+        async with self._lock:
+            if time.monotonic() - self.checked_at >= interval:
+                self.probes += 1
+                self.reachable = await runtime.upstream.reachable()
+                self.checked_at = time.monotonic()
+        return self.reachable
+
+
+PROBE = web.AppKey("upstream_probe", UpstreamProbe)
+
+
 async def readyz(request: web.Request) -> web.Response:
     runtime = runtime_of(request)
-    checks = {"config": True, "upstream": await runtime.upstream.reachable(), "state": await runtime.state.ping()}
-    ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    upstream = await request.app[PROBE].check(runtime)
+    required = runtime.config.admin.readiness.require_upstream
+    checks = {"config": True, "upstream": upstream, "state": await runtime.state.ping()}
+    # By default an unreachable AS does not make the gateway unready (README: Operations, /readyz).
+    ready = checks["config"] and checks["state"] and (upstream or not required)
+    return web.json_response(
+        {"ready": ready, "checks": checks, "upstream_required": required}, status=200 if ready else 503
+    )
+
+
+def metrics_access_denied(request: web.Request, runtime: Runtime) -> web.Response | None:
+    """/metrics protection (admin.metrics_token, admin.tls.client_ca_file): None when the request may
+    read it; either a valid bearer token or a verified client certificate is enough."""
+    admin = runtime.config.admin
+    mtls = admin.tls is not None and admin.tls.client_ca_file is not None
+    if admin.metrics_token is None and not mtls:
+        return None
+    if mtls and request.transport is not None and request.transport.get_extra_info("peercert"):
+        return None  # CERT_OPTIONAL: a certificate presented was verified against the CA in the handshake
+    if admin.metrics_token is not None:
+        given = request.headers.get("Authorization", "").encode()
+        if hmac.compare_digest(given, b"Bearer " + admin.metrics_token.get().encode()):
+            return None
+    return web.json_response(
+        {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'}
+    )
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
+    runtime = runtime_of(request)
+    denied = metrics_access_denied(request, runtime)
+    if denied is not None:
+        return denied
+    update_scrape_gauges(runtime)
     body = exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def update_scrape_gauges(runtime: Runtime) -> None:
+    """Gauges read at scrape time: how full the in-memory replay set is."""
+    capacity = getattr(runtime.state, "max_entries", None)
+    if capacity:
+        m = metrics()
+        m.replay_set_entries.set(len(runtime.state))  # type: ignore[arg-type]
+        m.replay_set_capacity.set(capacity)
 
 
 def build_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application()
     app[RUNTIME] = runtime
+    app[PROBE] = UpstreamProbe()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus_metrics)
@@ -185,14 +249,42 @@ class Gateway:
         self._background: set[asyncio.Task[object]] = set()
         self.main_port = 0
         self.admin_port = 0
+        self.main_tls: ssl.SSLContext | None = None
+        self.admin_tls: ssl.SSLContext | None = None
+        metrics().config_last_reload_successful.set(1)
+        metrics().config_last_reload_success.set_to_current_time()
+
+    def _reload_certificates(self, config: GatewayConfig) -> None:
+        """The listeners' certificates re-read into the running contexts: new handshakes get them."""
+        if self.main_tls is not None and config.listen.tls is not None:
+            load_certificate(self.main_tls, config.listen.tls, self.source, "listen.tls")
+        if self.admin_tls is not None and config.admin.tls is not None:
+            load_certificate(self.admin_tls, config.admin.tls, self.source, "admin.tls")
+
+    def record_certificates(self, config: GatewayConfig) -> None:
+        """bearer_gateway_certificate_expiry_timestamp_seconds for every certificate the gateway presents."""
+        certificates = {"listen": config.listen.tls, "admin": config.admin.tls}
+        files = {name: tls.cert_file for name, tls in certificates.items() if tls is not None}
+        for client in config.clients:
+            auth = client.upstream.client_auth
+            if auth.method == "tls_client_auth" and auth.cert_file is not None:
+                files[f"client_auth:{client.client_id}"] = auth.cert_file
+        gauge = metrics().certificate_expiry
+        for name, path in files.items():
+            expiry = not_after(path)
+            if expiry is not None:
+                gauge.labels(name).set(expiry)
 
     async def start(self, *, admin: bool = True) -> None:
         config = self.runtime.config
         await self.runtime.start()
-        tls = None
         if config.listen.tls:
-            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.load_cert_chain(str(config.listen.tls.cert_file), str(config.listen.tls.key_file))
+            self.main_tls = server_context(config.listen.tls, self.source, "listen.tls")
+        if admin and config.admin.tls:
+            # Probes come without a client certificate: the admin listener asks for one, /metrics needs it.
+            self.admin_tls = server_context(config.admin.tls, self.source, "admin.tls", client_cert_optional=True)
+        self.record_certificates(config)
+        tls = self.main_tls
         if config.listen.engine == "lean":
             self._lean = Listener(lambda: self.runtime, self.guard, tls=tls)
             self.main_port = await self._bind(
@@ -219,8 +311,8 @@ class Gateway:
             runner = web.AppRunner(self.admin_app, access_log=None)
             await runner.setup()
             self._runners.append(runner)
-            await self._bind(web.TCPSite(runner, config.admin.host, config.admin.port).start(), "admin",
-                             config.admin.host, config.admin.port)
+            site = web.TCPSite(runner, config.admin.host, config.admin.port, ssl_context=self.admin_tls)
+            await self._bind(site.start(), "admin", config.admin.host, config.admin.port)
             self.admin_port = runner.addresses[0][1]
 
     async def _bind(self, starting: Awaitable[T], section: str, host: str, port: int) -> T:
@@ -241,13 +333,17 @@ class Gateway:
     async def _reload(self) -> bool:
         try:
             config = load_config(self.source)
-            if (config.listen, config.admin, config.workers) != (
-                self.runtime.config.listen,
-                self.runtime.config.admin,
-                self.runtime.config.workers,
+            running = self.runtime.config
+            # The admin listener's address and TLS need a restart; its metrics_token and readiness reload.
+            bound = {"host", "port", "tls"}
+            if (config.listen, config.admin.model_dump(include=bound), config.workers) != (
+                running.listen,
+                running.admin.model_dump(include=bound),
+                running.workers,
             ):
                 raise ConfigError(
-                    self.source, [("listen", "listen, admin and workers cannot change on reload; restart")]
+                    self.source,
+                    [("listen", "listen, admin host/port/tls and workers cannot change on reload; restart")],
                 )
             # The replay set and rate cells outlive a reload: the running state object is kept, or (a
             # Redis setting such as the timeout changed) a new client to the same Redis keys is made.
@@ -259,8 +355,14 @@ class Gateway:
             # The fail_open fallback's replay set is carried over too.
             new.limiter.adopt_fallback(self.runtime.limiter)
             await new.start()
+            try:
+                self._reload_certificates(config)
+            except ConfigError:
+                await new.close(keep_state=same_state)
+                raise
         except ConfigError as exc:
             metrics().config_reloads.labels("refused").inc()
+            metrics().config_last_reload_successful.set(0)
             log.error(
                 "configuration reload refused, keeping the running configuration",
                 extra={"config": self.source, "problems": [f"{key}: {message}" for key, message in exc.problems]},
@@ -271,6 +373,9 @@ class Gateway:
         self.main_app[RUNTIME] = new
         self.admin_app[RUNTIME] = new
         metrics().config_reloads.labels("ok").inc()
+        metrics().config_last_reload_successful.set(1)
+        metrics().config_last_reload_success.set_to_current_time()
+        self.record_certificates(config)
         set_level(config.logging.level)
         log.info(
             "configuration reloaded",

@@ -82,7 +82,9 @@ class TestCA:
         self.cert_file = directory / "ca.pem"
         self.cert_file.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
-    def _issue(self, common_name: str, file_stem: str, usage: x509.ObjectIdentifier, san: bool) -> Issued:
+    def _issue(
+        self, common_name: str, file_stem: str, usage: x509.ObjectIdentifier, san: bool, days: int = 1
+    ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -92,7 +94,7 @@ class TestCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
@@ -109,9 +111,10 @@ class TestCA:
         key_file.chmod(0o600)
         return Issued(cert_file, key_file, certificate)
 
-    def server(self) -> Issued:
-        """A server certificate whose SAN is the IP address 127.0.0.1 (RFC 6125 §6.4.1: IP SANs only)."""
-        return self._issue("127.0.0.1", "server", ExtendedKeyUsageOID.SERVER_AUTH, san=True)
+    def server(self, days: int = 1) -> Issued:
+        """A server certificate whose SAN is the IP address 127.0.0.1 (RFC 6125 §6.4.1: IP SANs only),
+        valid for `days`; issued again, it replaces the files (a renewal)."""
+        return self._issue("127.0.0.1", "server", ExtendedKeyUsageOID.SERVER_AUTH, san=True, days=days)
 
     def client(self, common_name: str) -> Issued:
         """A TLS client certificate with subject CN=`common_name`."""
