@@ -161,6 +161,15 @@ def test_objects_agree_with_each_other():
     assert {53, 6379} <= {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
 
 
+def test_service_monitor_sends_the_metrics_token_when_asked():
+    endpoint = render("-f", str(ALL_ON))["ServiceMonitor/gw-bearer-gateway"]["spec"]["endpoints"][0]
+    assert endpoint["authorization"] == {"type": "Bearer",
+                                         "credentials": {"name": "bearer-gateway-credentials", "key": "metrics-token"}}
+    assert "authorization" not in render("--set", "serviceMonitor.enabled=true",
+                                         "--set", "metricsService.enabled=true")[
+        "ServiceMonitor/gw-bearer-gateway"]["spec"]["endpoints"][0]
+
+
 def test_rendered_config_loads_with_the_secrets_the_deployment_supplies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     objects = render()
     deployment = objects["Deployment/gw-bearer-gateway"]
