@@ -239,16 +239,6 @@ async def test_admin_endpoints(upstream, gateway_factory):
             assert "bearer_gateway_upstream_duration_seconds_bucket" in text
 
 
-async def test_readyz_fails_when_upstream_down(gateway_factory):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    gw = await gateway_factory(base_config(f"http://127.0.0.1:{port}/token"))
-    async with aiohttp.ClientSession() as session, session.get(gw.admin_url + "/readyz") as response:
-        assert response.status == 503
-        assert (await response.json())["checks"]["upstream"] is False
-
-
 async def test_slow_headers_connection_is_closed(upstream, gateway_factory):
     gw = await gateway_factory(base_config(upstream.token_url, limits={"keepalive_timeout": "700ms"}))
     port = gw.gateway.main_port
