@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -160,13 +161,15 @@ http {{
     return proc, url
 
 
-def start_redis(workdir: Path, cpus: str | None) -> tuple[Proc, int] | str:
+def start_redis(
+    workdir: Path, cpus: str | None, *, port: int | None = None, name: str = "redis", extra: Sequence[str] = ()
+) -> tuple[Proc, int] | str:
     """A throwaway redis-server on a free loopback port, no persistence; a reason string if there is none."""
     server = shutil.which("redis-server")
     if server is None:
         return "redis-server not installed"
-    port = free_port()
-    home = workdir / "redis"
+    port = port or free_port()
+    home = workdir / name
     home.mkdir(exist_ok=True)
     cmd = [
         server,
@@ -182,12 +185,13 @@ def start_redis(workdir: Path, cpus: str | None) -> tuple[Proc, int] | str:
         str(home),
         "--protected-mode",
         "yes",
+        *extra,
     ]
     # Redis shares the load generator's core; a higher priority keeps wrk from starving it (the gateway
     # answers 503 when a Redis round trip exceeds state.redis.timeout), as a Redis on its own host would be.
     if os.geteuid() == 0 and shutil.which("nice"):
         cmd = ["nice", "-n", "-10", *cmd]
-    proc = Proc("redis", pinned(cmd, cpus), workdir)
+    proc = Proc(name, pinned(cmd, cpus), workdir)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
@@ -199,6 +203,55 @@ def start_redis(workdir: Path, cpus: str | None) -> tuple[Proc, int] | str:
         time.sleep(0.1)
     proc.stop()
     return f"redis-server did not start: {proc.tail(3)}"
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too (so below the ephemeral range)."""
+    while True:
+        port = random.randrange(20000, 30000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+def start_redis_cluster(workdir: Path, cpus: str | None, primaries: int = 3) -> tuple[list[Proc], list[int]] | str:
+    """A Redis Cluster of `primaries` nodes (no replicas) made by `redis-cli --cluster create`."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        return "redis-cli not installed"
+    procs: list[Proc] = []
+    ports: list[int] = []
+    for index in range(primaries):
+        started = start_redis(workdir, cpus, port=_cluster_port(), name=f"redis-cluster-{index}",
+                              extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+        if isinstance(started, str):
+            for proc in procs:
+                proc.stop()
+            return started
+        procs.append(started[0])
+        ports.append(started[1])
+    create = subprocess.run(
+        [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports), "--cluster-yes"],
+        capture_output=True, timeout=30, check=False,
+    )
+    deadline = time.monotonic() + 20
+    while create.returncode == 0 and time.monotonic() < deadline:
+        if all(b"cluster_state:ok" in _redis_command(port, b"CLUSTER INFO") for port in ports):
+            return procs, ports
+        time.sleep(0.1)
+    for proc in procs:
+        proc.stop()
+    return f"redis-cli --cluster create failed: {create.stdout[-200:]!r}"
+
+
+def _redis_command(port: int, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(command + b"\r\n")
+        return sock.recv(4096)
 
 
 def redis_dbsize(port: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.assertions import BenchClient, forged_bodies, mint_bodies, unknown_issuer_bodies, write_bodies
 from bench.loadgen import WrkResult, run_wrk
-from bench.procs import free_port, redis_dbsize, tree_cpu_seconds
+from bench.procs import free_port, redis_dbsize, start_redis_cluster, tree_cpu_seconds
 from bench.servers import Bench, Server, gateway_config, start_gateway, start_reference
 
 
@@ -211,6 +211,7 @@ SHORT = {
     "3a": "accept\nRS256",
     "3b": "accept\nES256",
     "4": "Redis vs\nmemory",
+    "4c": "Redis Cluster\nvs single",
     "5": "2 workers\nvs 1",
     "6": "paced at 50%\n(accept RS256)",
 }
@@ -404,6 +405,47 @@ class Runner:
             body,
         )
 
+    def cluster_vs_single(self) -> Scenario:
+        def body(sc: Scenario) -> None:
+            if self.bench.redis_port is None:
+                sc.status = f"not available: no Redis ({self.bench.redis_missing})"
+                return
+            cluster = start_redis_cluster(self.bench.workdir, self.bench.load_cpus)
+            if isinstance(cluster, str):
+                sc.status = f"not available: {cluster}"
+                return
+            procs, self.bench.redis_cluster_ports = cluster
+            try:
+                cluster_gw = self._required_gateway("gw-redis-cluster", backend="redis-cluster",
+                                                    cpus=self.bench.server_cpus)
+                single_gw = self._required_gateway("gw-redis", backend="redis", cpus=self.bench.server_cpus)
+                cluster_side = Side(cluster_gw, Bodies(self.bench, "valid-cluster", client=self.rs), 200)
+                _run(self.bench, cluster_side, self.settings, 1.0, cpus=self.bench.load_cpus)
+                keys = sum(redis_dbsize(port) for port in self.bench.redis_cluster_ports)
+                if keys == 0:
+                    sc.status = "not available: no key reached the Redis Cluster"
+                    return
+                sc.notes.append("Redis Cluster: 3 primaries, no replicas, on the load CPU like the single Redis")
+                single_side = Side(single_gw, Bodies(self.bench, "valid-single", client=self.rs), 200)
+                self._alternate(sc, cluster_side, single_side)
+            finally:
+                self._stop_all()
+                for proc in procs:
+                    proc.stop()
+                self.bench.redis_cluster_ports = []
+
+        return self._scenario(
+            Scenario(
+                "4c",
+                "accept path, RS256: Redis Cluster vs single Redis",
+                "gateway, state.redis.mode cluster",
+                "gateway, state.redis.mode single",
+                "throughput ratio",
+                "report",
+            ),
+            body,
+        )
+
     def workers(self) -> Scenario:
         def body(sc: Scenario) -> None:
             if self.bench.redis_port is None:
@@ -504,6 +546,8 @@ class Runner:
             self.accept(self.es)
         if want("4"):
             self.redis_vs_memory()
+        if want("4c"):
+            self.cluster_vs_single()
         if want("5"):
             self.workers()
         if want("6"):

@@ -31,6 +31,7 @@ class Bench:
     load_cpus: str | None  # where wrk, nginx and Redis run
     redis_port: int | None = None
     redis_missing: str | None = None
+    redis_cluster_ports: list[int] = field(default_factory=list)  # scenario 4c, while it runs
     started: list[Proc] = field(default_factory=list)
 
 
@@ -99,6 +100,9 @@ def gateway_config(
     }
     if backend == "redis":
         config["state"]["redis"] = {"url": f"redis://127.0.0.1:{bench.redis_port}/0", "timeout": "50ms"}
+    if backend == "redis-cluster":
+        nodes = [f"127.0.0.1:{port}" for port in bench.redis_cluster_ports]
+        config["state"] = {"backend": "redis", "redis": {"mode": "cluster", "nodes": nodes, "timeout": "50ms"}}
     if gateway_section:
         config["gateway"] = gateway_section
     return config
