@@ -57,6 +57,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_output(config: GatewayConfig) -> None:
+    """Operator logs per `logging`; audit lines batched to stdout (gateway.audit.batch_output)."""
+    from gateway.audit import batch_output
+
+    configure_logging(config.logging.format, config.logging.level)
+    batch_output(sys.stdout.fileno())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.server.app import serve
 
@@ -80,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    configure_logging(config.logging.format, config.logging.level)
+    _configure_output(config)
     if config.workers > 1:
         return _run_workers(args.config, config)
     try:
@@ -97,7 +105,7 @@ def _worker(source: str, index: int) -> None:
     from gateway.server.app import serve
 
     config = load_config(source)
-    configure_logging(config.logging.format, config.logging.level)
+    _configure_output(config)
     import uvloop
 
     # Every worker binds the same port with SO_REUSEPORT; only the first serves the admin listener.

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import __version__
+from gateway.audit import flush_output as flush_audit_output
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.consistency import config_warnings
 from gateway.config.model import RedisSettings, State
@@ -450,6 +451,7 @@ async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False,
         log.info("stopping: draining requests in flight", extra={"in_flight": gateway.guard.active})
     finally:
         drained = await gateway.stop()
+        flush_audit_output()  # the last batch of audit lines, before the process ends
     log.info("stopped", extra={"drained_requests": drained})
 
 
