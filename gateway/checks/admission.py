@@ -33,14 +33,16 @@ class UpstreamGuard:
     assertion refused with 503 because the AS was never called can be retried as it is."""
 
     stage = "upstream_guard"
+    waits = False
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         assert ctx.client is not None
         return ctx.client.upstream.guard()
 
 
 class ClientAdmission:
     stage = "client_admission"
+    waits = True
 
     def __init__(
         self, limiter: Limiter, default_quota: Bucket | None, clock_skew: float, replay: str = "jti"

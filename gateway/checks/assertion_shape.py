@@ -18,13 +18,14 @@ _REASONS = {
 
 class AssertionShape:
     stage = "assertion_shape"
+    waits = False
 
     def __init__(self, limits: Limits) -> None:
         self.max_assertion_bytes = limits.max_assertion_bytes
         self.max_header_bytes = limits.max_jwt_header_bytes
         self.max_payload_bytes = limits.max_jwt_payload_bytes
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         assertion = ctx.form["assertion"]
         if len(assertion) > self.max_assertion_bytes:
             return Rejection(Reason.ASSERTION_TOO_LARGE, self.stage)

@@ -34,6 +34,7 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
 
 class Claims:
     stage = "claims"
+    waits = False
 
     def __init__(self, profile: Profile, limits: Limits) -> None:
         self.audiences = frozenset(profile.audiences)
@@ -47,7 +48,7 @@ class Claims:
     def _reject(self, reason: Reason) -> Rejection:
         return Rejection(reason, self.stage)
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         claims = ctx.claims
         now = ctx.received_at
         skew = self.skew

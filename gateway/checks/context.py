@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,8 +38,11 @@ class RequestContext:
 
 
 class Check(Protocol):
-    """A check looks at the context and either passes (None) or stops the request."""
+    """A check looks at the context and either passes (None) or stops the request. A check that never
+    waits (`waits = False`) returns its verdict; one that may wait on state or a remote JWKS returns an
+    awaitable of it. The loop (checks/pipeline.run_checks) awaits only the latter."""
 
     stage: str
+    waits: bool
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None: ...
+    def __call__(self, ctx: RequestContext) -> Rejection | Awaitable[Rejection | None] | None: ...

@@ -21,13 +21,14 @@ _ACCEPTED_TYP = frozenset({"jwt", "application/jwt"})
 
 class HeaderPolicy:
     stage = "header_policy"
+    waits = False
 
     def __init__(self, profile: Profile, limits: Limits) -> None:
         # The global allow-list can only narrow ALGORITHMS: none and HS* are impossible by construction.
         self.algorithms = frozenset(profile.algorithms) & ALGORITHMS
         self.max_kid_length = limits.max_kid_length
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         assert ctx.jws is not None
         header = ctx.jws.header
         alg = header.get("alg")

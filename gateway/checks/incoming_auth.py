@@ -14,11 +14,12 @@ class ClientAuthConflict:
     """In CAMARA the signed assertion is the client authentication; anything else is a second one."""
 
     stage = "client_auth_conflict"
+    waits = False
 
     def __init__(self, policy: Literal["reject", "strip", "forward"]) -> None:
         self.policy = policy
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         form = ctx.form
         authorization = ctx.authorization
         present = authorization is not None or any(p in form for p in CLIENT_AUTH_PARAMETERS)

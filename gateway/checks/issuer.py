@@ -14,11 +14,12 @@ if TYPE_CHECKING:
 
 class Issuer:
     stage = "issuer"
+    waits = False
 
     def __init__(self, clients: Mapping[str, ClientRuntime]) -> None:
         self.clients = clients
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         assert ctx.jws is not None
         iss = ctx.jws.payload.get("iss")
         if not isinstance(iss, str) or not iss:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gateway.checks.admission import ClientAdmission, UpstreamGuard
 from gateway.checks.assertion_shape import AssertionShape
@@ -73,8 +73,9 @@ async def run_checks(checks: Sequence[Check], ctx: RequestContext) -> Rejection 
     clock = time.perf_counter
     for check in checks:
         started = clock()
-        rejection = await check(ctx)
-        m.child(timer, check.stage).observe(clock() - started)
+        verdict = check(ctx)
+        rejection = cast("Rejection | None", await verdict if check.waits else verdict)  # type: ignore[misc]
+        m.observe(m.child(timer, check.stage), clock() - started)
         if rejection is not None:
             return rejection
     return None

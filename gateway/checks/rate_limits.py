@@ -65,8 +65,9 @@ class Limiter:
             self._fallback = previous._fallback
 
     def _count(self, limits: Sequence[Limit], decision: Decision) -> None:
+        inc = metrics().inc
         for index, limit in enumerate(limits):
-            self._counters[(limit.name, index != decision.refused)].inc()
+            inc(self._counters[(limit.name, index != decision.refused)])
             if index == decision.refused:
                 break
 
@@ -121,6 +122,7 @@ class RequestLimits:
     together, decided in one state call."""
 
     stage = "request_limits"
+    waits = True
 
     def __init__(
         self, limiter: Limiter, per_ip: Bucket | None, global_: Bucket | None, ipv6_prefix: int = 64
@@ -160,6 +162,7 @@ class IssuerGuard:
     """
 
     stage = "per_issuer_unverified"
+    waits = True
 
     def __init__(self, limiter: Limiter, bucket: Bucket, ipv6_prefix: int = 64) -> None:
         self.limiter = limiter

@@ -8,11 +8,12 @@ from gateway.errors import Reason, Rejection
 
 class RequestRules:
     stage = "request_rules"
+    waits = False
 
     def __init__(self, forbid_scope_parameter: bool) -> None:
         self.forbid_scope_parameter = forbid_scope_parameter
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         # RFC 7523 §2.1: the assertion parameter carries a single JWT.
         if not ctx.form.get("assertion"):
             return Rejection(Reason.ASSERTION_MISSING, self.stage)

@@ -22,6 +22,7 @@ def decoy_keys() -> dict[str, VerificationKey]:
 
 class Signature:
     stage = "signature"
+    waits = True
 
     def __init__(self) -> None:
         self.decoys = decoy_keys()
@@ -55,8 +56,9 @@ class ClientGrant:
     """After the signature: may this (now authenticated) client use the jwt-bearer grant at all?"""
 
     stage = "client_grant"
+    waits = False
 
-    async def __call__(self, ctx: RequestContext) -> Rejection | None:
+    def __call__(self, ctx: RequestContext) -> Rejection | None:
         assert ctx.client is not None
         # Checked only once the client is proven, so unauthorized_client is no client-existence oracle.
         if not ctx.client.jwt_bearer_allowed:

@@ -45,7 +45,7 @@ class Listen(Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     # The main listener's HTTP server: the lean one (asyncio + httptools, server/http1.py) or aiohttp's.
-    engine: Literal["lean", "aiohttp"] = "aiohttp"
+    engine: Literal["lean", "aiohttp"] = "lean"
     tls: TLSFiles | None = None
     trusted_proxies: tuple[Network, ...] = ()
 

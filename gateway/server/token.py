@@ -104,7 +104,8 @@ def begin(incoming: Incoming, runtime: Runtime) -> Outcome:
     headers = incoming.headers
     outcome.request_id = request_id(headers.get(REQUEST_ID_HEADER), caller.via_proxy)
     outcome.trace = trace_headers(headers.get("traceparent"), headers.get("tracestate"))
-    metrics().in_flight.inc()
+    m = metrics()
+    m.inc(m.in_flight)
     return outcome
 
 
@@ -226,11 +227,11 @@ def cancelled(outcome: Outcome) -> None:
 def account(runtime: Runtime, outcome: Outcome) -> None:
     """The metrics and the audit line for one request, whatever became of it."""
     m = metrics()
-    m.in_flight.dec()
+    m.inc(m.in_flight, -1.0)
     latency = time.perf_counter() - outcome.started
     result = "accepted" if outcome.reason == "ok" else "rejected"
-    m.child(m.requests, result, outcome.reason, outcome.client, outcome.grant).inc()
-    m.child(m.request_duration, result).observe(latency)
+    m.inc(m.child(m.requests, result, outcome.reason, outcome.client, outcome.grant))
+    m.observe(m.child(m.request_duration, result), latency)
     if runtime.config.logging.audit:
         write_audit(
             request_id=outcome.request_id,

@@ -216,8 +216,9 @@ class UpstreamClient:
     ) -> UpstreamAnswer | Rejection:
         in_flight = self.in_flight
         in_flight.count += 1
-        gauge = metrics().upstream_in_flight
-        gauge.inc()
+        m = metrics()
+        gauge = m.upstream_in_flight
+        m.inc(gauge)
         started = time.perf_counter()
         try:
             async with self.session.request(
@@ -247,9 +248,9 @@ class UpstreamClient:
             return Rejection(Reason.UPSTREAM_BAD_RESPONSE, "forward", self.settings.retry_after)
         finally:
             in_flight.count -= 1
-            gauge.dec()
-        metrics().upstream_duration.observe(time.perf_counter() - started)
-        metrics().upstream_responses.labels(str(answer.status)).inc()
+            m.inc(gauge, -1.0)
+        m.observe(m.upstream_duration, time.perf_counter() - started)
+        m.inc(m.child(m.upstream_responses, str(answer.status)))
         return answer
 
     async def reachable(self) -> bool:

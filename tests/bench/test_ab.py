@@ -14,18 +14,19 @@ SLEEP_S = 0.005  # per request: the slowed side cannot exceed ~200 req/s
 
 
 def slowed_copy(into: Path) -> Path:
-    """The working tree's `gateway` package with a blocking sleep at the top of the token handler."""
+    """The working tree's `gateway` package with a blocking sleep at the top of the token route's `handle`
+    (what both listeners call for every token request that passed the route stage)."""
     shutil.copytree(ROOT / "gateway", into / "gateway", ignore=shutil.ignore_patterns("__pycache__"))
-    handler = re.compile(r"^( *)async def __call__\(self, request[^\n]*:\n", re.M)
+    handler = re.compile(r"^( *)async def handle\(incoming[^\n]*:\n", re.M)
     patched = 0
     for path in (into / "gateway").rglob("*.py"):
         text = path.read_text()
-        if "class TokenHandler" not in text:
+        if "def account(" not in text:  # server/token.py
             continue
         text, n = handler.subn(lambda m: m.group(0) + m.group(1) + f"    __import__('time').sleep({SLEEP_S})\n", text)
         path.write_text(text)
         patched += n
-    assert patched == 1, "the token handler's __call__ was not found to slow it down"
+    assert patched == 1, "the token route's handle() was not found to slow it down"
     return into
 
 

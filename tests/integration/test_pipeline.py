@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.gateway import AUDIENCE, JWT_BEARER, base_config
+from tests.support.hostile import audit_lines
 from tests.support.keys import ClientKey, client_entry, client_key
 
 SCOPE = "dpv:FraudPreventionAndDetection sim-swap:check"
@@ -92,7 +93,7 @@ async def test_valid_assertion_reaches_upstream(gw, upstream, key, caplog):
     assert len(upstream.seen) == 1
     form = upstream.seen[0].form
     assert form["grant_type"] == JWT_BEARER and form["assertion"] == assertion
-    audit = [json.loads(r.getMessage()) for r in caplog.records if r.name == "bearer_gateway.audit"]
+    audit = audit_lines(caplog)
     assert audit[-1]["client"] == key.client_id and audit[-1]["outcome"] == "accepted"
     assert assertion not in caplog.text
 
@@ -247,7 +248,7 @@ async def test_rejections(gw, upstream, case: Case, caplog):
     status, document, headers = await gw.post_form(case.build(), headers=case.headers)
     assert (status, document.get("error")) == (case.status, case.error), document
     assert headers["Cache-Control"] == "no-store"
-    audit = [json.loads(r.getMessage()) for r in caplog.records if r.name == "bearer_gateway.audit"]
+    audit = audit_lines(caplog)
     assert audit[-1]["reason"] == case.reason
     assert audit[-1]["outcome"] == "rejected"
     assert upstream.seen == []

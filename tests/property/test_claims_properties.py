@@ -4,7 +4,6 @@ a subject or jti with anything around it is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import Any
@@ -26,7 +25,7 @@ NOW = 1_900_000_000.0
 def check(claims: dict[str, Any]) -> Rejection | None:
     ctx = RequestContext(authorization=None, form={}, client_address="-", received_at=NOW)
     ctx.jws = CompactJWS({"alg": "ES256"}, claims, b"", b"x")
-    return asyncio.run(CLAIMS(ctx))
+    return CLAIMS(ctx)  # a check that never waits answers at once
 
 
 def sound(**overrides: Any) -> dict[str, Any]:
