@@ -17,20 +17,22 @@ import itertools
 import logging
 import math
 import secrets
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
+import hiredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config.model import RedisSettings
 from gateway.metrics import metrics
 from gateway.state.base import ALLOWED, Cell, Decision, StateUnavailable
+from gateway.state.resp import Endpoint, RespClient, RespError
 from gateway.state.scripts import Script
 
 log = logging.getLogger("bearer_gateway.state")
@@ -46,54 +48,72 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def connect(settings: RedisSettings) -> Any:
-    """A redis-py asyncio client for the configured mode (single URL, Sentinel primary, Cluster)."""
+def tls_context(settings: RedisSettings, *, url_says_tls: bool = False) -> ssl.SSLContext | None:
+    """The TLS context for Redis and the sentinels: `state.redis.tls`, or the defaults for a rediss:// URL."""
+    t = settings.tls
+    if t is None:
+        return ssl.create_default_context() if url_says_tls else None
+    context = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+    if t.cert_file and t.key_file:
+        context.load_cert_chain(str(t.cert_file), str(t.key_file))
+    if not t.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def lean_client(settings: RedisSettings) -> RespClient:
+    """The lean client (gateway/state/resp.py) for mode single (the URL) or sentinel (the primary they name)."""
+    username = settings.username.get() if settings.username is not None else None
+    password = settings.password.get() if settings.password is not None else None
+    if settings.mode == "sentinel":
+        context = tls_context(settings)
+        sentinel = Endpoint(
+            ssl=context,
+            username=settings.sentinel_username.get() if settings.sentinel_username is not None else None,
+            password=settings.sentinel_password.get() if settings.sentinel_password is not None else None,
+        )
+        primary = Endpoint(ssl=context, username=username, password=password, db=settings.db)
+        return RespClient(primary, settings.timeout, sentinels=[_host_port(a) for a in settings.sentinels],
+                          service_name=settings.service_name, sentinel_endpoint=sentinel)
+    url = parse_url(settings.url)  # as redis-py reads it (redis://, rediss://, unix://); its user and password win
+    endpoint = Endpoint(
+        host=str(url.get("host", "127.0.0.1")),
+        port=int(url.get("port", 6379)),
+        path=url.get("path"),
+        ssl=tls_context(settings, url_says_tls=settings.url.startswith("rediss:")),
+        username=url.get("username", username),
+        password=url.get("password", password),
+        db=int(url.get("db", 0)),
+    )
+    return RespClient(endpoint, settings.timeout)
+
+
+def connect_cluster(settings: RedisSettings) -> RedisCluster:
+    """redis-py's RedisCluster (slot map, MOVED/ASK, node discovery) for mode cluster."""
     options: dict[str, Any] = {
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": max(settings.timeout, 0.5),
         "health_check_interval": 30,
-        "max_connections": 256,
+        "max_connections": 64,  # per node
     }
     if settings.username is not None:
         options["username"] = settings.username.get()
     if settings.password is not None:
         options["password"] = settings.password.get()
-    tls: dict[str, Any] = {}
     if settings.tls is not None:
         t = settings.tls
-        tls = {
+        options.update({
             "ssl": True,
             "ssl_ca_certs": str(t.ca_file) if t.ca_file else None,
             "ssl_certfile": str(t.cert_file) if t.cert_file else None,
             "ssl_keyfile": str(t.key_file) if t.key_file else None,
             "ssl_cert_reqs": "required" if t.verify else "none",
             "ssl_check_hostname": t.verify,
-        }
-    if settings.mode == "cluster":
-        nodes = [ClusterNode(*_host_port(node)) for node in settings.nodes]
-        options["max_connections"] = 64  # per node
-        # A refused connection or MOVED re-reads the slot map and tries again, inside the call's timeout.
-        return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 2), **options, **tls)
-    if settings.mode == "sentinel":
-        sentinel_options: dict[str, Any] = {
-            "socket_timeout": settings.timeout,
-            "socket_connect_timeout": max(settings.timeout, 0.5),
-            **tls,
-        }
-        if settings.sentinel_username is not None:
-            sentinel_options["username"] = settings.sentinel_username.get()
-        if settings.sentinel_password is not None:
-            sentinel_options["password"] = settings.sentinel_password.get()
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            [_host_port(address) for address in settings.sentinels],
-            sentinel_kwargs=sentinel_options,
-            **options,
-            **tls,
-        )
-        return sentinel.master_for(settings.service_name, db=settings.db)
-    if tls:
-        options.update(tls)
-    return aioredis.Redis.from_url(settings.url, **options)
+        })
+    nodes = [ClusterNode(*_host_port(node)) for node in settings.nodes]
+    # A refused connection or MOVED re-reads the slot map and tries again, inside the call's timeout.
+    return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 2), **options)
 
 
 class RedisState:
@@ -103,22 +123,43 @@ class RedisState:
         """`clock` replaces lua/clock.lua (a Lua chunk defining `now_us()`); tests only."""
         self.timeout = settings.timeout
         self.prefix = settings.prefix
-        self._client = connect(settings)
         self.cluster = settings.mode == "cluster"
+        # Single and sentinel: the lean client (resp.py); cluster: redis-py's RedisCluster.
+        self._lean = None if self.cluster else lean_client(settings)
+        self._client = connect_cluster(settings) if self.cluster else None
         # WAIT after an admission: the jti is on that many replicas before the request goes on.
         self.wait_replicas = settings.replay_wait_replicas
         self._wait_ms = max(1, int(settings.timeout * 1000 * 0.8))  # WAIT gives up inside the call's bound
         self._take = Script("take", clock)
         self._admit = Script("admit", clock)
         self._release = Script("release", clock)
-        self._latency = metrics().state_duration
+        latency = metrics().state_duration
+        self._observe = {name: latency.labels(name).observe for name in ("rate_limit", "admit", "release", "ping")}
         # Tokens name one admit attempt (a release undoes exactly that one): random per process,
         # then a counter; hex digits only, so never the tombstone mark 'x'.
         self._token_base = secrets.token_hex(6)
         self._tokens = itertools.count()
         self._releases: set[asyncio.Task[None]] = set()
 
+    async def _lean_eval(self, script: Script, keys: Sequence[str], args: Sequence[Any], wait: bool) -> Any:
+        """EVALSHA (then EVAL on NOSCRIPT: a new primary's empty script cache), with WAIT on the same
+        connection when asked, all inside one deadline; (result, acknowledged) when `wait`."""
+        assert self._lean is not None
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args)]
+        if wait:
+            commands.append(("WAIT", self.wait_replicas, self._wait_ms))
+        replies = await self._lean.pipeline(commands, deadline)
+        if isinstance(replies[0], hiredis.ReplyError) and str(replies[0]).startswith("NOSCRIPT"):
+            commands[0] = ("EVAL", script.source, len(keys), *keys, *args)
+            replies = await self._lean.pipeline(commands, deadline)
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise RespError(str(reply))
+        return (replies[0], int(replies[1])) if wait else replies[0]
+
     async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        assert self._client is not None
         try:
             return await self._client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -127,14 +168,13 @@ class RedisState:
 
     async def _eval_and_wait(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script, then WAIT on the same connection (one round trip): (result, replicas that acknowledged)."""
+        assert self._client is not None
         for command, name in (("EVALSHA", script.sha), ("EVAL", script.source)):
             pipe = self._client.pipeline(transaction=False)
             pipe.execute_command(command, name, len(keys), *keys, *args)
-            wait = ("WAIT", self.wait_replicas, self._wait_ms)
-            if self.cluster:  # WAIT names no key: send it to the node that ran the script
-                pipe.execute_command(*wait, target_nodes=self._client.get_node_from_key(keys[0]))
-            else:
-                pipe.execute_command(*wait)
+            # WAIT names no key: send it to the node that ran the script
+            pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms,
+                                 target_nodes=self._client.get_node_from_key(keys[0]))
             result, acknowledged = await pipe.execute(raise_on_error=False)
             if not isinstance(result, NoScriptError):
                 break  # else: a new primary's empty script cache (EVAL loads it)
@@ -143,25 +183,33 @@ class RedisState:
                 raise answer
         return result, int(acknowledged)
 
+    async def _cluster_eval(self, script: Script, keys: Sequence[str], args: Sequence[Any], wait: bool) -> Any:
+        async with asyncio.timeout(self.timeout):
+            if wait:
+                return await self._eval_and_wait(script, keys, args)
+            return await self._eval(script, keys, args)
+
     async def _call(self, operation: str, script: Script, keys: Sequence[str], args: Sequence[Any],
                     wait: bool = False) -> Any:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout):
-                if wait:
-                    result, acknowledged = await self._eval_and_wait(script, keys, args)
-                    if acknowledged < self.wait_replicas and result[0] == 1:
-                        raise ReplicasBehind(f"{acknowledged} of {self.wait_replicas} replicas acknowledged")
-                    return result
-                return await self._eval(script, keys, args)
-        except (TimeoutError, RedisError, OSError) as exc:
+            if self._lean is not None:
+                result = await self._lean_eval(script, keys, args, wait)
+            else:
+                result = await self._cluster_eval(script, keys, args, wait)
+            if wait:
+                result, acknowledged = result
+                if acknowledged < self.wait_replicas and result[0] == 1:
+                    raise ReplicasBehind(f"{acknowledged} of {self.wait_replicas} replicas acknowledged")
+            return result
+        except (TimeoutError, RedisError, RespError, OSError) as exc:
             raise StateUnavailable(f"redis {operation}: {type(exc).__name__}") from None
         except Exception as exc:  # the client's own faults in a failover are an outage too
             # (redis-py 8.1 raises AttributeError writing to a connection another task closed.)
             log.debug("redis %s: %r", operation, exc)
             raise StateUnavailable(f"redis {operation}: {type(exc).__name__}") from None
         finally:
-            self._latency.labels(operation).observe(time.perf_counter() - started)
+            self._observe[operation](time.perf_counter() - started)
 
     def cell_keys(self, cells: Sequence[Cell]) -> list[str]:
         head = f"{self.prefix}{{{cells[-1].key}}}rl:"
@@ -226,18 +274,24 @@ class RedisState:
     async def ping(self) -> bool:
         started = time.perf_counter()
         try:
+            if self._lean is not None:
+                reply = await self._lean.call("PING")
+                return not isinstance(reply, hiredis.ReplyError)
             async with asyncio.timeout(self.timeout):
-                await self._client.ping()
-        except (TimeoutError, RedisError, OSError):
+                await self._client.ping()  # type: ignore[union-attr]
+        except (TimeoutError, RedisError, RespError, OSError):
             return False
         finally:
-            self._latency.labels("ping").observe(time.perf_counter() - started)
+            self._observe["ping"](time.perf_counter() - started)
         return True
 
     async def close(self) -> None:
         for task in list(self._releases):
             task.cancel()
-        await self._client.aclose()
+        if self._lean is not None:
+            await self._lean.close()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class ReplicasBehind(RedisError):

@@ -6,9 +6,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -18,7 +20,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, *extra: str, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(self, *extra: str, appendonly: bool = False, port: int | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA, server certificate, server key) files: TLS only on `port`, client certificates required."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
@@ -29,14 +33,20 @@ class RedisServer:
         # appendonly: every write fsynced, so a killed and restarted server still knows every jti.
         self.extra = [*extra, *(["--appendonly", "yes", "--appendfsync", "always"] if appendonly else
                                 ["--appendonly", "no"])]
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-ca-cert-file", str(ca),
+                      "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "yes"]
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [self.binary, *listen, "--bind", "127.0.0.1", "--save", "",
              "--dir", self.dir, "--protected-mode", "yes", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -44,8 +54,12 @@ class RedisServer:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    if self.tls is not None:  # the handshake proves it listens; no client certificate: refused after
+                        context = ssl.create_default_context(cafile=str(self.tls[0]))
+                        with context.wrap_socket(sock, server_hostname="127.0.0.1"):
+                            return self
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.05)
