@@ -20,6 +20,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -133,8 +134,9 @@ class RedisState:
         self._take = Script("take", clock)
         self._admit = Script("admit", clock)
         self._release = Script("release", clock)
-        latency = metrics().state_duration
-        self._observe = {name: latency.labels(name).observe for name in ("rate_limit", "admit", "release", "ping")}
+        m = metrics()  # observations tallied off the hot path (metrics.Tally)
+        self._observe = {name: partial(m.observe, m.state_duration.labels(name))
+                         for name in ("rate_limit", "admit", "release", "ping")}
         # Tokens name one admit attempt (a release undoes exactly that one): random per process,
         # then a counter; hex digits only, so never the tombstone mark 'x'.
         self._token_base = secrets.token_hex(6)
