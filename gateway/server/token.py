@@ -168,7 +168,7 @@ async def handle(incoming: Incoming, body: bytes, runtime: Runtime, outcome: Out
     headers.update(caller.forwarding_headers(incoming))
     headers[REQUEST_ID_HEADER] = outcome.request_id
     headers.update(outcome.trace)
-    answer = await client.upstream.send("POST", client.upstream.token_url, up_body, headers)
+    answer = await client.upstream.send("POST", client.upstream.token_url, up_body, headers, pooled=True)
     if isinstance(answer, Rejection):
         return answer
     outcome.upstream_status = answer.status

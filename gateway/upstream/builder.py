@@ -14,6 +14,7 @@ from gateway.jose.signing import SigningKey, assertion_claims
 from gateway.upstream.injected_auth import InjectedAuth
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+_FORM_HEAD = urlencode({"grant_type": JWT_BEARER}).encode("ascii") + b"&assertion="
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ class UpstreamRequestBuilder:
         """The upstream form body and headers for the verified request `form` with assertion `claims`;
         the client's credentials are injected unless the caller brings its own."""
         assertion = form["assertion"] if self.mode == "forward" else self.resign(claims)
-        out = {"grant_type": JWT_BEARER, "assertion": assertion}
+        out: dict[str, str] = {}
         scope = claims.get("scope")
         if self.scope_parameter and isinstance(scope, str):
             # Keycloak reads the requested scope from the form parameter, not from the assertion.
@@ -84,4 +85,8 @@ class UpstreamRequestBuilder:
                 headers["Authorization"] = caller.authorization
         else:
             self.auth.apply(out, headers)
-        return urlencode(out).encode("ascii"), headers
+        # The assertion goes as it is: a compact JWS (checked by assertion_shape, or signed here) is
+        # base64url and dots, which form encoding leaves unchanged; only the other parameters are encoded.
+        rest = urlencode(out).encode("ascii")
+        head = _FORM_HEAD + assertion.encode("ascii")
+        return (head + b"&" + rest if rest else head), headers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from gateway.config.model import Upstream
 from gateway.errors import Reason, Rejection
 from gateway.metrics import metrics
 from gateway.upstream.circuit import CircuitBreaker
+from gateway.upstream.pool import BadAnswer, Pool, Unreachable
 
 # RFC 9110 §7.6.1: hop-by-hop fields are meaningful for one connection only and never forwarded.
 HOP_BY_HOP = frozenset(
@@ -113,6 +115,7 @@ class UpstreamClient:
         self.origin = self.token_url.origin()
         self._cert = (cert_file, key_file)
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         # A client of its own (in_flight not given) gets its own breaker; a session sharing another's
         # in-flight count shares the breaker it is given (None: no breaker).
         self.in_flight = in_flight if in_flight is not None else InFlight()
@@ -122,6 +125,14 @@ class UpstreamClient:
         ssl_arg: ssl.SSLContext | bool = True
         if self.token_url.scheme == "https":
             ssl_arg = ssl_context(self.settings, *self._cert)
+        # The jwt-bearer POSTs to the token URL: a keep-alive pool of our own (upstream/pool.py).
+        self._pool = Pool(
+            self.token_url,
+            tls=ssl_arg if isinstance(ssl_arg, ssl.SSLContext) else None,
+            max_connections=self.settings.max_connections,
+            connect_timeout=self.settings.timeouts.connect,
+            max_response_bytes=self.settings.max_response_bytes,
+        )
         connector = aiohttp.TCPConnector(
             limit=self.settings.max_connections,
             ssl=ssl_arg,
@@ -148,6 +159,8 @@ class UpstreamClient:
         return self._session
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -157,15 +170,19 @@ class UpstreamClient:
         url: URL,
         body: bytes,
         headers: CIMultiDict[str],
+        *,
+        pooled: bool = False,
     ) -> UpstreamAnswer | Rejection:
-        """Send once; a request that reached the AS is never retried (it may have been acted on)."""
+        """Send once; a request that reached the AS is never retried (it may have been acted on).
+        `pooled`: a POST to the token URL through the keep-alive pool (the jwt-bearer path); else
+        aiohttp's client (passthrough: any method and path, the caller's headers as they came)."""
         in_flight = self.in_flight
         if in_flight.count >= self.settings.max_in_flight:
             metrics().upstream_errors.labels("upstream_shed").inc()
             return Rejection(Reason.UPSTREAM_SHED, "upstream_guard", self.settings.retry_after)
         breaker = self.breaker
         if breaker is None:
-            return await self._send(method, url, body, headers)
+            return await self._send(method, url, body, headers, pooled)
         wait = breaker.acquire()
         if wait > 0:
             metrics().upstream_errors.labels("upstream_circuit_open").inc()
@@ -173,7 +190,7 @@ class UpstreamClient:
         probe = breaker.probing_now()
         recorded = False
         try:
-            answer = await self._send(method, url, body, headers)
+            answer = await self._send(method, url, body, headers, pooled)
             breaker.record(isinstance(answer, UpstreamAnswer) and answer.status < 500)
             recorded = True
         finally:
@@ -213,6 +230,7 @@ class UpstreamClient:
         url: URL,
         body: bytes,
         headers: CIMultiDict[str],
+        pooled: bool,
     ) -> UpstreamAnswer | Rejection:
         in_flight = self.in_flight
         in_flight.count += 1
@@ -221,17 +239,15 @@ class UpstreamClient:
         m.inc(gauge)
         started = time.perf_counter()
         try:
-            async with self.session.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-            ) as response:
-                payload = await self._read_capped(response)
-                answer = UpstreamAnswer(response.status, payload, response.headers)
-        except aiohttp.ConnectionTimeoutError:
-            # No connection within timeouts.connect: the AS is unreachable, nothing was sent.
+            if pooled and self._pool is not None:
+                async with asyncio.timeout(self.settings.timeouts.total):
+                    status, answer_headers, payload = await self._pool.post(body, headers.items())
+                answer = UpstreamAnswer(status, payload, answer_headers)
+            else:
+                answer = await self._aiohttp(method, url, body, headers)
+        except (aiohttp.ConnectionTimeoutError, Unreachable):
+            # No connection within timeouts.connect, or none at all: the AS is unreachable, nothing
+            # came back (a request written to a connection that then failed is not sent again).
             metrics().upstream_errors.labels("upstream_unreachable").inc()
             return Rejection(Reason.UPSTREAM_UNREACHABLE, "forward", self.settings.retry_after)
         except TimeoutError:
@@ -240,10 +256,10 @@ class UpstreamClient:
         except (aiohttp.ClientConnectionError, OSError):
             metrics().upstream_errors.labels("upstream_unreachable").inc()
             return Rejection(Reason.UPSTREAM_UNREACHABLE, "forward", self.settings.retry_after)
-        except (aiohttp.ClientError, ValueError):
+        except (aiohttp.ClientError, ValueError, BadAnswer):
             # Any other client error (ClientResponseError, ClientPayloadError: a truncated or badly
-            # framed body) or ValueError (an answer over max_response_bytes) is the AS's answer gone
-            # wrong: a 503 that counts against the breaker, never a 500.
+            # framed body; BadAnswer from the pool) or ValueError (an answer over max_response_bytes)
+            # is the AS's answer gone wrong: a 503 that counts against the breaker, never a 500.
             metrics().upstream_errors.labels("upstream_bad_response").inc()
             return Rejection(Reason.UPSTREAM_BAD_RESPONSE, "forward", self.settings.retry_after)
         finally:
@@ -252,6 +268,11 @@ class UpstreamClient:
         m.observe(m.upstream_duration, time.perf_counter() - started)
         m.inc(m.child(m.upstream_responses, str(answer.status)))
         return answer
+
+    async def _aiohttp(self, method: str, url: URL, body: bytes, headers: CIMultiDict[str]) -> UpstreamAnswer:
+        async with self.session.request(method, url, data=body, headers=headers, allow_redirects=False) as response:
+            payload = await self._read_capped(response)
+            return UpstreamAnswer(response.status, payload, response.headers)
 
     async def reachable(self) -> bool:
         """Readiness: can a TCP (and TLS) connection be made to the AS origin?"""
