@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 from collections.abc import Mapping
@@ -240,8 +239,9 @@ class UpstreamClient:
         started = time.perf_counter()
         try:
             if pooled and self._pool is not None:
-                async with asyncio.timeout(self.settings.timeouts.total):
-                    status, answer_headers, payload = await self._pool.post(body, headers.items())
+                status, answer_headers, payload = await self._pool.post(
+                    body, headers.items(), self.settings.timeouts.total
+                )
                 answer = UpstreamAnswer(status, payload, answer_headers)
             else:
                 answer = await self._aiohttp(method, url, body, headers)

@@ -129,6 +129,11 @@ class _Exchange(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(waiter: asyncio.Future[tuple[int, CIMultiDict[str], bytes]]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no answer within timeouts.total"))
+
+
 class Pool:
     """Keep-alive connections to one origin, at most `max_connections` open; waiters queue for one."""
 
@@ -215,19 +220,37 @@ class Pool:
             conn.close()
             self.forget(conn)
 
-    async def post(self, body: bytes, headers: Iterable[tuple[str, str]]) -> tuple[int, CIMultiDictProxy[str], bytes]:
-        """POST `body` to the URL; the whole answer, or Unreachable / BadAnswer (a timeout is the caller's)."""
-        conn = await self._acquire()
+    async def post(
+        self, body: bytes, headers: Iterable[tuple[str, str]], timeout: float
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        """POST `body` to the URL; the whole answer within `timeout` seconds (connecting included), or
+        Unreachable / BadAnswer / TimeoutError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = None
+        while self.idle:  # the usual case: a kept-alive connection, no waiting
+            candidate = self.idle.pop()
+            if candidate.alive and candidate.transport is not None and not candidate.transport.is_closing():
+                conn = candidate
+                break
+            self.open.discard(candidate)
+        if conn is None:
+            async with asyncio.timeout_at(deadline):
+                conn = await self._acquire()
         head = [b"POST ", self.target, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n"]
         for name, value in headers:
             head.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
         head.append(body)
         done = False
+        waiter = conn.send(b"".join(head))
+        # One timer for the exchange (cheaper than a timeout context per request).
+        timer = loop.call_at(deadline, _expire, waiter)
         try:
-            status, answer_headers, payload = await conn.send(b"".join(head))
+            status, answer_headers, payload = await waiter
             done = True
         finally:
+            timer.cancel()
             if done:
                 self._release(conn)
             else:  # failed, timed out or cancelled mid-exchange: the connection is out of step
