@@ -24,16 +24,12 @@ from functools import partial
 from typing import Any
 
 import hiredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config.model import RedisSettings
 from gateway.metrics import metrics
 from gateway.state.base import ALLOWED, Cell, Decision, StateUnavailable
-from gateway.state.resp import Endpoint, RespClient, RespError
+from gateway.state.resp import ClusterClient, Endpoint, RespClient, RespError
 from gateway.state.scripts import Script
 
 log = logging.getLogger("bearer_gateway.state")
@@ -63,10 +59,14 @@ def tls_context(settings: RedisSettings, *, url_says_tls: bool = False) -> ssl.S
     return context
 
 
-def lean_client(settings: RedisSettings) -> RespClient:
-    """The lean client (gateway/state/resp.py) for mode single (the URL) or sentinel (the primary they name)."""
+def lean_client(settings: RedisSettings) -> RespClient | ClusterClient:
+    """The client (gateway/state/resp.py) for mode single (the URL), sentinel (the primary they name)
+    or cluster (each slot's primary)."""
     username = settings.username.get() if settings.username is not None else None
     password = settings.password.get() if settings.password is not None else None
+    if settings.mode == "cluster":
+        template = Endpoint(ssl=tls_context(settings), username=username, password=password)
+        return ClusterClient([_host_port(node) for node in settings.nodes], template, settings.timeout)
     if settings.mode == "sentinel":
         context = tls_context(settings)
         sentinel = Endpoint(
@@ -90,33 +90,6 @@ def lean_client(settings: RedisSettings) -> RespClient:
     return RespClient(endpoint, settings.timeout)
 
 
-def connect_cluster(settings: RedisSettings) -> RedisCluster:
-    """redis-py's RedisCluster (slot map, MOVED/ASK, node discovery) for mode cluster."""
-    options: dict[str, Any] = {
-        "socket_timeout": settings.timeout,
-        "socket_connect_timeout": max(settings.timeout, 0.5),
-        "health_check_interval": 30,
-        "max_connections": 64,  # per node
-    }
-    if settings.username is not None:
-        options["username"] = settings.username.get()
-    if settings.password is not None:
-        options["password"] = settings.password.get()
-    if settings.tls is not None:
-        t = settings.tls
-        options.update({
-            "ssl": True,
-            "ssl_ca_certs": str(t.ca_file) if t.ca_file else None,
-            "ssl_certfile": str(t.cert_file) if t.cert_file else None,
-            "ssl_keyfile": str(t.key_file) if t.key_file else None,
-            "ssl_cert_reqs": "required" if t.verify else "none",
-            "ssl_check_hostname": t.verify,
-        })
-    nodes = [ClusterNode(*_host_port(node)) for node in settings.nodes]
-    # A refused connection or MOVED re-reads the slot map and tries again, inside the call's timeout.
-    return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 2), **options)
-
-
 class RedisState:
     name = "redis"
 
@@ -124,10 +97,7 @@ class RedisState:
         """`clock` replaces lua/clock.lua (a Lua chunk defining `now_us()`); tests only."""
         self.timeout = settings.timeout
         self.prefix = settings.prefix
-        self.cluster = settings.mode == "cluster"
-        # Single and sentinel: the lean client (resp.py); cluster: redis-py's RedisCluster.
-        self._lean = None if self.cluster else lean_client(settings)
-        self._client = connect_cluster(settings) if self.cluster else None
+        self._client = lean_client(settings)
         # WAIT after an admission: the jti is on that many replicas before the request goes on.
         self.wait_replicas = settings.replay_wait_replicas
         self._wait_ms = max(1, int(settings.timeout * 1000 * 0.8))  # WAIT gives up inside the call's bound
@@ -143,71 +113,36 @@ class RedisState:
         self._tokens = itertools.count()
         self._releases: set[asyncio.Task[None]] = set()
 
-    async def _lean_eval(self, script: Script, keys: Sequence[str], args: Sequence[Any], wait: bool) -> Any:
+    async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any], wait: bool) -> Any:
         """EVALSHA (then EVAL on NOSCRIPT: a new primary's empty script cache), with WAIT on the same
-        connection when asked, all inside one deadline; (result, acknowledged) when `wait`."""
-        assert self._lean is not None
+        connection when asked (on Cluster: the node that ran the script), all inside one deadline;
+        (result, replicas that acknowledged) when `wait`."""
         deadline = asyncio.get_running_loop().time() + self.timeout
         commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args)]
         if wait:
             commands.append(("WAIT", self.wait_replicas, self._wait_ms))
-        replies = await self._lean.pipeline(commands, deadline)
+        replies = await self._client.pipeline(commands, deadline, keys[0])
         if isinstance(replies[0], hiredis.ReplyError) and str(replies[0]).startswith("NOSCRIPT"):
             commands[0] = ("EVAL", script.source, len(keys), *keys, *args)
-            replies = await self._lean.pipeline(commands, deadline)
+            replies = await self._client.pipeline(commands, deadline, keys[0])
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise RespError(str(reply))
         return (replies[0], int(replies[1])) if wait else replies[0]
 
-    async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        assert self._client is not None
-        try:
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # A new primary (failover) or a restarted node has an empty script cache: EVAL loads it.
-            return await self._client.eval(script.source, len(keys), *keys, *args)
-
-    async def _eval_and_wait(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """The script, then WAIT on the same connection (one round trip): (result, replicas that acknowledged)."""
-        assert self._client is not None
-        for command, name in (("EVALSHA", script.sha), ("EVAL", script.source)):
-            pipe = self._client.pipeline(transaction=False)
-            pipe.execute_command(command, name, len(keys), *keys, *args)
-            # WAIT names no key: send it to the node that ran the script
-            pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms,
-                                 target_nodes=self._client.get_node_from_key(keys[0]))
-            result, acknowledged = await pipe.execute(raise_on_error=False)
-            if not isinstance(result, NoScriptError):
-                break  # else: a new primary's empty script cache (EVAL loads it)
-        for answer in (result, acknowledged):
-            if isinstance(answer, Exception):
-                raise answer
-        return result, int(acknowledged)
-
-    async def _cluster_eval(self, script: Script, keys: Sequence[str], args: Sequence[Any], wait: bool) -> Any:
-        async with asyncio.timeout(self.timeout):
-            if wait:
-                return await self._eval_and_wait(script, keys, args)
-            return await self._eval(script, keys, args)
-
     async def _call(self, operation: str, script: Script, keys: Sequence[str], args: Sequence[Any],
                     wait: bool = False) -> Any:
         started = time.perf_counter()
         try:
-            if self._lean is not None:
-                result = await self._lean_eval(script, keys, args, wait)
-            else:
-                result = await self._cluster_eval(script, keys, args, wait)
+            result = await self._eval(script, keys, args, wait)
             if wait:
                 result, acknowledged = result
                 if acknowledged < self.wait_replicas and result[0] == 1:
                     raise ReplicasBehind(f"{acknowledged} of {self.wait_replicas} replicas acknowledged")
             return result
-        except (TimeoutError, RedisError, RespError, OSError) as exc:
+        except (TimeoutError, RespError, OSError) as exc:
             raise StateUnavailable(f"redis {operation}: {type(exc).__name__}") from None
-        except Exception as exc:  # the client's own faults in a failover are an outage too
-            # (redis-py 8.1 raises AttributeError writing to a connection another task closed.)
+        except Exception as exc:  # a fault of the client itself is an outage too, never a 500
             log.debug("redis %s: %r", operation, exc)
             raise StateUnavailable(f"redis {operation}: {type(exc).__name__}") from None
         finally:
@@ -276,12 +211,8 @@ class RedisState:
     async def ping(self) -> bool:
         started = time.perf_counter()
         try:
-            if self._lean is not None:
-                reply = await self._lean.call("PING")
-                return not isinstance(reply, hiredis.ReplyError)
-            async with asyncio.timeout(self.timeout):
-                await self._client.ping()  # type: ignore[union-attr]
-        except (TimeoutError, RedisError, RespError, OSError):
+            await self._client.call("PING")
+        except (TimeoutError, RespError, OSError):
             return False
         finally:
             self._observe["ping"](time.perf_counter() - started)
@@ -290,13 +221,10 @@ class RedisState:
     async def close(self) -> None:
         for task in list(self._releases):
             task.cancel()
-        if self._lean is not None:
-            await self._lean.close()
-        if self._client is not None:
-            await self._client.aclose()
+        await self._client.close()
 
 
-class ReplicasBehind(RedisError):
+class ReplicasBehind(RespError):
     """WAIT timed out before `state.redis.replay_wait_replicas` replicas had the admission."""
 
 

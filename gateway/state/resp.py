@@ -16,9 +16,11 @@ keeps what the state needs and nothing else:
 - TLS (`rediss://` or `state.redis.tls`), ACL `AUTH` (username and password), `SELECT`;
 - mode sentinel: the primary's address is asked of the sentinels on every (re)connect, and the
   connection is checked to be a primary (`ROLE`); a `READONLY` answer (a demoted primary)
-  drops the connection, so the next call asks the sentinels again.
-
-Redis Cluster stays on redis-py's RedisCluster (slot map, MOVED/ASK, node discovery).
+  drops the connection, so the next call asks the sentinels again;
+- mode cluster (`ClusterClient`): one such client per primary, the call routed by its first key's
+  slot (CRC16 of the hash tag) through the slot map (`CLUSTER SLOTS`), `MOVED` followed (and the
+  map re-read), `ASK` answered with `ASKING`, the map re-read after a failed call (a dead primary,
+  a failover), at most every `REFRESH_EVERY`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import hiredis
+from redis.crc import key_slot
 
 # A connection with calls timing out and no byte received for this long is dropped and reopened.
 STALLED_AFTER = 1.0
+# Cluster: the slot map is re-read at most this often after failures (a failover takes seconds).
+REFRESH_EVERY = 0.1
+SLOTS = 16384
 Reply = Any  # what hiredis.Reader gives: int, bytes, list, None, or a hiredis.ReplyError value
 
 
@@ -155,9 +161,11 @@ class RespClient:
             raise RespError(str(reply))
         return reply
 
-    async def pipeline(self, commands: Sequence[Sequence[Any]], deadline: float | None = None) -> list[Reply]:
+    async def pipeline(self, commands: Sequence[Sequence[Any]], deadline: float | None = None,
+                       route_key: str | None = None) -> list[Reply]:
         """Several commands written together on one connection; their replies in order. A Redis
-        error reply is returned in its place as a `hiredis.ReplyError` (the caller decides)."""
+        error reply is returned in its place as a `hiredis.ReplyError` (the caller decides).
+        `route_key` is for the cluster client's sake (one interface); one Redis ignores it."""
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.timeout
@@ -237,18 +245,31 @@ class RespClient:
 
     async def _connect(self) -> _Connection:
         async with asyncio.timeout(self.connect_timeout):
-            endpoint = self.endpoint
-            if self.sentinels:
-                host, port = await self._ask_sentinels()
-                endpoint = Endpoint(host, port, None, endpoint.ssl, endpoint.username, endpoint.password,
-                                    endpoint.db)
-            connection = await self._open(endpoint)
-            if self.sentinels:
-                role = await self._handshake(connection, [("ROLE",)])
-                if not role[0] or role[0][0] != b"master":
+            if not self.sentinels:
+                return await self._open(self.endpoint)
+            return await self._connect_to_primary()
+
+    async def _connect_to_primary(self) -> _Connection:
+        """Each sentinel in turn names the primary; the first named server that is one (ROLE) wins.
+        (During a failover the sentinels disagree for a moment: one may still name the dead primary.)"""
+        problems = []
+        for index, (host, port) in enumerate(list(self.sentinels)):
+            try:
+                address = await self._ask_sentinel(host, port)
+                endpoint = Endpoint(address[0], address[1], None, self.endpoint.ssl, self.endpoint.username,
+                                    self.endpoint.password, self.endpoint.db)
+                connection = await self._open(endpoint)
+                (role,) = await self._handshake(connection, [("ROLE",)])
+                if not role or role[0] != b"master":
                     connection.abort()
-                    raise ConnectionFailed(f"{endpoint.host}:{endpoint.port} is not a primary")
+                    raise ConnectionFailed(f"{address[0]}:{address[1]} is not a primary")
+            except (OSError, ssl.SSLError, RespError) as exc:
+                problems.append(f"sentinel {host}:{port}: {exc}")
+                continue
+            if index:  # ask the one that knew first next time
+                self.sentinels.insert(0, self.sentinels.pop(index))
             return connection
+        raise ConnectionFailed("no primary: " + "; ".join(problems))
 
     async def _open(self, endpoint: Endpoint) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -284,31 +305,17 @@ class RespClient:
                 raise ConnectionFailed(str(reply))
         return replies
 
-    async def _ask_sentinels(self) -> tuple[str, int]:
-        """The primary's address, from the first sentinel that knows it (the one that answered moves first)."""
-        problems = []
-        for index, (host, port) in enumerate(self.sentinels):
-            sentinel_endpoint = Endpoint(host, port, None, self.sentinel_endpoint.ssl,
-                                         self.sentinel_endpoint.username, self.sentinel_endpoint.password)
-            try:
-                connection = await self._open(sentinel_endpoint)
-            except (OSError, ssl.SSLError, RespError) as exc:
-                problems.append(f"{host}:{port}: {exc}")
-                continue
-            try:
-                (answer,) = await self._handshake(
-                    connection, [("SENTINEL", "get-master-addr-by-name", self.service_name)])
-            except RespError as exc:
-                problems.append(f"{host}:{port}: {exc}")
-                continue
-            finally:
-                connection.abort()
-            if answer:
-                if index:
-                    self.sentinels.insert(0, self.sentinels.pop(index))
-                return answer[0].decode(), int(answer[1])
-            problems.append(f"{host}:{port}: does not know {self.service_name!r}")
-        raise ConnectionFailed("no sentinel named the primary: " + "; ".join(problems))
+    async def _ask_sentinel(self, host: str, port: int) -> tuple[str, int]:
+        """The primary's address as one sentinel knows it."""
+        template = self.sentinel_endpoint
+        connection = await self._open(Endpoint(host, port, None, template.ssl, template.username, template.password))
+        try:
+            (answer,) = await self._handshake(connection, [("SENTINEL", "get-master-addr-by-name", self.service_name)])
+        finally:
+            connection.abort()
+        if not answer:
+            raise ConnectionFailed(f"does not know {self.service_name!r}")
+        return answer[0].decode(), int(answer[1])
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -319,3 +326,116 @@ class RespClient:
         if self._connection is not None:
             self._connection.abort(ConnectionFailed("closed"))
             self._connection = None
+
+
+class ClusterClient:
+    """Redis Cluster: each call goes to the primary serving its route key's slot, over that primary's RespClient."""
+
+    def __init__(self, seeds: Sequence[tuple[str, int]], template: Endpoint, timeout: float) -> None:
+        self.seeds = list(seeds)
+        self.template = template  # TLS and credentials for every node
+        self.timeout = timeout
+        self.nodes: dict[tuple[str, int], RespClient] = {}
+        self.slots: list[tuple[str, int] | None] = [None] * SLOTS
+        self._loaded = False
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = float("-inf")
+
+    def _node(self, address: tuple[str, int]) -> RespClient:
+        node = self.nodes.get(address)
+        if node is None:
+            t = self.template
+            node = self.nodes[address] = RespClient(
+                Endpoint(address[0], address[1], None, t.ssl, t.username, t.password), self.timeout)
+        return node
+
+    async def call(self, *args: Any) -> Reply:
+        """One keyless command (PING) on every primary at once: the first reply when all answered."""
+        if not self._loaded:
+            await self._refresh_now(asyncio.get_running_loop().time() + self.timeout)
+        primaries = dict.fromkeys(a for a in self.slots if a is not None)
+        try:
+            replies = await asyncio.gather(*(self._node(address).call(*args) for address in primaries))
+        except (RespError, TimeoutError, OSError):
+            self._refresh_soon()
+            raise
+        if not replies:
+            raise ConnectionFailed("no primary known")
+        return replies[0]
+
+    async def pipeline(self, commands: Sequence[Sequence[Any]], deadline: float | None = None,
+                       route_key: str | None = None) -> list[Reply]:
+        """The commands on the primary of `route_key`'s slot (every key of a call shares it: hash tags)."""
+        assert route_key is not None
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
+        if not self._loaded:
+            await self._refresh_now(deadline)
+        address = self.slots[key_slot(route_key.encode())]
+        asking = False
+        for _ in range(3):  # MOVED / ASK redirections
+            if address is None:
+                self._refresh_soon()
+                raise ConnectionFailed("no primary serves the slot")
+            sent = [("ASKING",), *commands] if asking else commands
+            try:
+                replies = await self._node(address).pipeline(sent, deadline)
+            except (RespError, TimeoutError, OSError):
+                self._refresh_soon()  # a dead or unreachable primary: a failover may have moved its slots
+                raise
+            if asking:
+                replies = replies[1:]
+            first = replies[0]
+            if not isinstance(first, hiredis.ReplyError):
+                return replies
+            kind, _, rest = str(first).partition(" ")
+            if kind not in ("MOVED", "ASK"):
+                return replies
+            slot, _, where = rest.partition(" ")
+            host, _, port = where.rpartition(":")
+            address = (host or address[0], int(port))
+            asking = kind == "ASK"
+            if not asking:
+                self.slots[int(slot)] = address
+                self._refresh_soon()
+        raise RespError("too many cluster redirections")
+
+    async def _refresh_now(self, deadline: float) -> None:
+        self._refresh_soon(force=True)
+        if self._refreshing is not None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            await asyncio.wait_for(asyncio.shield(self._refreshing), max(remaining, 0))
+        if not self._loaded:
+            raise ConnectionFailed("no cluster node answered CLUSTER SLOTS")
+
+    def _refresh_soon(self, force: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        if self._refreshing is None and (force or loop.time() - self._refreshed_at > REFRESH_EVERY):
+            self._refreshing = loop.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        """The slot map from the first node that gives it: the known primaries, then the seeds."""
+        try:
+            known = [a for a in dict.fromkeys(self.slots) if a is not None]
+            for address in dict.fromkeys([*known, *self.seeds]):
+                try:
+                    ranges = await self._node(address).call("CLUSTER", "SLOTS")
+                except (RespError, TimeoutError, OSError):
+                    continue
+                slots: list[tuple[str, int] | None] = [None] * SLOTS
+                for start, end, primary, *_ in ranges:
+                    owner = (primary[0].decode() or address[0], int(primary[1]))
+                    slots[start:end + 1] = [owner] * (end + 1 - start)
+                self.slots = slots
+                self._loaded = True
+                return
+        finally:
+            self._refreshed_at = asyncio.get_running_loop().time()
+            self._refreshing = None
+
+    async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        for node in self.nodes.values():
+            await node.close()
