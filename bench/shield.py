@@ -220,6 +220,9 @@ def shield(bench: Bench, settings: Settings, log: Callable[[str], None], duratio
                 legit_result, flood_result = trickle.result(), flood_run.result()
             kc_cpu = (tree_cpu_seconds(kc.proc.pid) if kc.proc else 0.0) - cpu_before
             gw_cpu = tree_cpu_seconds(gw.proc.pid) - gw_cpu_before
+            # Audit lines are batched (gateway/audit.py, FLUSH_INTERVAL): let the last batch reach the
+            # file before counting, or a forwarded request shows up as a flood request reaching Keycloak.
+            time.sleep(0.5)
             forwarded = _audit_forwarded(audit) - forwarded_before
             try:
                 events = kc.token_requests_seen()

@@ -247,7 +247,11 @@ class Connection(asyncio.Protocol):
         return self.listener.tls is None  # an SSL transport cannot stay half-open
 
     def pause_writing(self) -> None:
+        # The peer does not read its answers: nothing more is handled for it, and unless it reads
+        # within keepalive_timeout the connection is closed (no slow-reader hold on memory).
         self.paused_writing = True
+        if not self.deadline_body or self.deadline is None:
+            self._head_deadline()
 
     def resume_writing(self) -> None:
         self.paused_writing = False
@@ -332,9 +336,9 @@ class Connection(asyncio.Protocol):
                 # The head came, the body did not: 408, an audited request (stage connection).
                 self.msg = None
                 self._refuse_message(msg, Rejection(Reason.BODY_READ_TIMEOUT, "connection"))
-        elif not self.busy and not self.queue:
-            # Idle past keepalive_timeout, or a request head not finished within it (a busy
-            # connection gets a new head deadline when its answer is out).
+        elif (not self.busy and not self.queue) or self.paused_writing:
+            # Idle past keepalive_timeout, a request head not finished within it (a busy connection
+            # gets a new head deadline when its answer is out), or answers not read within it.
             self.deadline = None
             self.abort()
 

@@ -309,3 +309,37 @@ async def test_drain_on_stop_finishes_in_flight_requests(engine, upstream, gatew
     assert status_codes(await in_flight) == [200]
     await stopping
     assert time.monotonic() - started < 3.0
+
+
+async def test_peer_that_does_not_read_its_answers_is_cut_off(upstream, gateway_factory):
+    """Lean listener: pipelined requests from a peer that never reads. Once the answers back up, no
+    more is handled for it, and it is closed at keepalive_timeout (300 ms here) unless it reads."""
+    import socket
+
+    gw = await gateway_on("lean", upstream, gateway_factory)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", gw.gateway.main_port))
+    flood = b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n" * 20000
+    closed = False
+    started = time.monotonic()
+    try:
+        sent = 0
+        while sent < len(flood) and time.monotonic() - started < 5.0:
+            try:
+                sent += sock.send(flood[sent:sent + 65536])
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)  # reading nothing
+        while await asyncio.wait_for(loop.sock_recv(sock, 65536), 3.0):  # a TimeoutError fails the test
+            pass
+        closed = True  # EOF
+    except (ConnectionResetError, BrokenPipeError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed and time.monotonic() - started < 8.0
+    # Everyone else is still served.
+    assert status_codes(await http_exchange(gw.gateway.main_port, req("Connection: close\r\n"))) == [200]
