@@ -118,17 +118,24 @@ class RedisState:
         connection when asked (on Cluster: the node that ran the script), all inside one deadline;
         (result, replicas that acknowledged) when `wait`."""
         deadline = asyncio.get_running_loop().time() + self.timeout
-        commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args)]
-        if wait:
-            commands.append(("WAIT", self.wait_replicas, self._wait_ms))
-        replies = await self._client.pipeline(commands, deadline, keys[0])
+        client = self._client
+        if not wait:
+            reply = await client.execute(("EVALSHA", script.sha, len(keys), *keys, *args), deadline, keys[0])
+            if reply.__class__ is hiredis.ReplyError and str(reply).startswith("NOSCRIPT"):
+                reply = await client.execute(("EVAL", script.source, len(keys), *keys, *args), deadline, keys[0])
+            if reply.__class__ is hiredis.ReplyError:
+                raise RespError(str(reply))
+            return reply
+        commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args),
+                                           ("WAIT", self.wait_replicas, self._wait_ms)]
+        replies = await client.pipeline(commands, deadline, keys[0])
         if isinstance(replies[0], hiredis.ReplyError) and str(replies[0]).startswith("NOSCRIPT"):
             commands[0] = ("EVAL", script.source, len(keys), *keys, *args)
-            replies = await self._client.pipeline(commands, deadline, keys[0])
+            replies = await client.pipeline(commands, deadline, keys[0])
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise RespError(str(reply))
-        return (replies[0], int(replies[1])) if wait else replies[0]
+        return replies[0], int(replies[1])
 
     async def _call(self, operation: str, script: Script, keys: Sequence[str], args: Sequence[Any],
                     wait: bool = False) -> Any:

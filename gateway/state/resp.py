@@ -104,13 +104,21 @@ class _Connection(asyncio.Protocol):
 
     def send(self, packed: bytes, count: int) -> list[asyncio.Future[Reply]]:
         """Write `count` packed commands; one future per reply."""
-        assert self.transport is not None
         futures = [self.loop.create_future() for _ in range(count)]
         self.waiting.extend(futures)
         if not self.outgoing:
             self.loop.call_soon(self._flush)
         self.outgoing.append(packed)
         return futures
+
+    def send_one(self, packed: bytes) -> asyncio.Future[Reply]:
+        """Write one packed command; the future of its reply."""
+        future = self.loop.create_future()
+        self.waiting.append(future)
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append(packed)
+        return future
 
     def _flush(self) -> None:
         """One write (one syscall) for every command sent in this loop iteration."""
@@ -156,9 +164,25 @@ class RespClient:
 
     async def call(self, *args: Any) -> Reply:
         """One command; its reply (a Redis error reply raised as RespError)."""
-        (reply,) = await self.pipeline([args])
+        reply = await self.execute(args)
         if isinstance(reply, hiredis.ReplyError):
             raise RespError(str(reply))
+        return reply
+
+    async def execute(self, command: tuple[Any, ...], deadline: float | None = None,
+                      route_key: str | None = None) -> Reply:
+        """One command (the hot path: `pipeline` with one command, without the lists)."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connected(deadline)
+        future = connection.send_one(hiredis.pack_command(command))
+        self._arm(loop, deadline, future, connection)
+        reply = await future
+        if reply.__class__ is hiredis.ReplyError and str(reply).startswith("READONLY"):
+            connection.abort()  # a demoted primary: ask the sentinels again on the next call
         return reply
 
     async def pipeline(self, commands: Sequence[Sequence[Any]], deadline: float | None = None,
@@ -362,6 +386,10 @@ class ClusterClient:
         if not replies:
             raise ConnectionFailed("no primary known")
         return replies[0]
+
+    async def execute(self, command: tuple[Any, ...], deadline: float | None = None,
+                      route_key: str | None = None) -> Reply:
+        return (await self.pipeline([command], deadline, route_key))[0]
 
     async def pipeline(self, commands: Sequence[Sequence[Any]], deadline: float | None = None,
                        route_key: str | None = None) -> list[Reply]:
