@@ -48,17 +48,28 @@ def summarise(raw: Path, top: int = 15) -> dict[str, object]:
 
 # Where a sample belongs, first match wins (metrics are counted as metrics wherever they are called).
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("audit log (json + logging)", ("write_audit (gateway/audit.py",)),
+    ("metrics (tally, prometheus_client)", ("prometheus_client/", "(gateway/metrics.py")),
+    ("audit log (json, batched write)", ("(gateway/audit.py",)),
     ("signature verification (cryptography via PyJWT)", ("VerificationKey.verify (",)),
-    ("call to the AS (aiohttp client, request builder)", ("UpstreamClient.send (", "UpstreamRequestBuilder.build (")),
+    (
+        "call to the AS (keep-alive pool or aiohttp client, request builder, answer)",
+        ("UpstreamClient.send (", "UpstreamRequestBuilder.build (", "(gateway/upstream/"),
+    ),
     ("rate limits (memory or Redis state)", ("gateway/checks/rate_limits.py", "gateway/state/")),
     ("replay check", ("Replay.__call__ (",)),
     ("assertion parsing (base64url, JSON)", ("parse_compact (",)),
     ("other checks (header, claims, issuer, ...)", ("(gateway/checks/",)),
     ("body read and form parsing", ("read_body (", "parse_form (")),
-    ("rest of the token handler (answer, headers, error body)", ("TokenHandler.__call__ (",)),
-    ("HTTP server and event loop (aiohttp, uvloop)", ("",)),
+    (
+        "token route: caller, request id, route, accounting, answer bytes",
+        (
+            "(gateway/server/token.py",
+            "(gateway/server/wire.py",
+            "(gateway/server/caller.py",
+            "(gateway/server/correlation.py",
+        ),
+    ),
+    ("HTTP server and event loop (lean listener + httptools, or aiohttp; uvloop)", ("",)),
 )
 
 
