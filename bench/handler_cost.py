@@ -30,7 +30,13 @@ import yaml
 from aiohttp import streams
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.cli import _configure_logging
+try:  # as `bearer-gateway run` does: the audit log really written (the helper moved in issue 13)
+    from gateway.logs import configure_logging
+except ImportError:
+    from gateway.cli import _configure_logging
+
+    def configure_logging(fmt, level):
+        _configure_logging(level)
 from gateway.config import load_config
 from gateway.server.app import Gateway
 from gateway.server.token import TokenHandler
@@ -59,7 +65,7 @@ def request(app, body):
 
 async def main():
     config = load_config(config_path)
-    _configure_logging(config.logging.level)  # as `bearer-gateway run` does: the audit log really written
+    configure_logging(getattr(config.logging, "format", "json"), config.logging.level)
     gateway = Gateway(config, config_path)
     await gateway.runtime.start()
     handler = TokenHandler()
