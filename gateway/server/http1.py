@@ -562,8 +562,7 @@ class Connection(asyncio.Protocol):
         assert outcome is not None
         runtime = msg.runtime
         try:
-            incoming = self._incoming(msg)
-            result = await token.handle(incoming, body, runtime, outcome)
+            result = await token.handle(outcome.incoming, body, runtime, outcome)  # built once, by _route
         except asyncio.CancelledError:
             self.listener.guard.active -= 1
             self.listener.guard.cancelled += 1
