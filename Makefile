@@ -9,7 +9,7 @@ AS ?= keycloak
 .PHONY: demo test lint bench clean lock audit fuzz
 
 # Dependencies come from the hash-checked lock (requirements-ci.lock); the project itself on top.
-$(STAMP): pyproject.toml requirements-ci.lock
+$(STAMP): pyproject.toml setup.py gateway/_precheck.pyx requirements-ci.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q --require-hashes -r requirements-ci.lock

@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.consistency import config_warnings
 from gateway.jose.keys import ALGORITHM_NAMES
+from gateway.jose.precheck import IMPLEMENTATION as PRECHECK_IMPLEMENTATION
 from gateway.logs import configure_logging
 from gateway.redact import mask_userinfo
 
@@ -189,7 +190,8 @@ def _kid(value: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bearer-gateway", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"bearer-gateway {__version__}")
+    version = f"bearer-gateway {__version__} (pre-checks: {PRECHECK_IMPLEMENTATION})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="serve the gateway")

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from gateway.jose.precheck import COMPILED
+
 __all__ = ["CompactJWS", "JWSFormatError", "b64url_encode", "parse_compact"]
 
 # RFC 7515 §2 + §7.1: three base64url segments without padding; one precompiled pattern
@@ -119,3 +121,12 @@ def parse_compact(token: str, *, max_header_bytes: int, max_payload_bytes: int) 
         raise JWSFormatError("jwt_malformed")
     signing_input = token[: match.end(2)].encode("ascii")
     return CompactJWS(header, payload, signing_input, signature)
+
+
+# The compiled parser (gateway/_precheck.pyx) when built, raising the same JWSFormatError and returning the
+# same CompactJWS; the pure one above otherwise (gateway/jose/precheck.py chooses; `parse_compact_pure`
+# stays importable for the differential test).
+parse_compact_pure = parse_compact
+if COMPILED is not None:
+    COMPILED.bind_jws(parse_compact_pure, CompactJWS, JWSFormatError)
+    parse_compact = COMPILED.parse_compact

@@ -24,6 +24,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.consistency import config_warnings
 from gateway.config.model import RedisSettings, State
 from gateway.errors import Reason, Rejection, error_response
+from gateway.jose.precheck import IMPLEMENTATION as PRECHECK_IMPLEMENTATION
 from gateway.logs import set_level
 from gateway.metrics import exposition, metrics
 from gateway.runtime import Runtime
@@ -432,6 +433,7 @@ async def serve(config: GatewayConfig, source: str, *, reuse_port: bool = False,
         "started",
         extra={
             "version": __version__,
+            "precheck": PRECHECK_IMPLEMENTATION,
             "config": source,
             "config_sha256": config_hash(source),
             "clients": len(config.clients),

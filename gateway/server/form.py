@@ -6,6 +6,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from gateway.errors import Reason
+from gateway.jose.precheck import COMPILED
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # Printable ASCII without space; anything else must arrive percent-encoded (WHATWG urlencoded).
@@ -47,3 +48,12 @@ def parse_form(body: bytes, *, max_params: int) -> dict[str, str]:
             raise FormError(Reason.REPEATED_PARAMETER)
         form[key] = text
     return form
+
+
+# The compiled parser (gateway/_precheck.pyx) when built, raising the same FormError and reasons; the pure
+# one above otherwise (gateway/jose/precheck.py chooses; `parse_form_pure` stays for the differential test).
+parse_form_pure = parse_form
+if COMPILED is not None:
+    COMPILED.bind_form(parse_form_pure, FormError, Reason.FORM_MALFORMED, Reason.TOO_MANY_PARAMETERS,
+                       Reason.REPEATED_PARAMETER)
+    parse_form = COMPILED.parse_form
