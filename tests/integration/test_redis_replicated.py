@@ -144,6 +144,22 @@ async def test_replay_refused_across_gateways(upstream, gateway_factory, topolog
     assert all(key.startswith(prefix + "{") for key in keys), keys
 
 
+async def test_dead_first_sentinel_or_seed_is_passed_over(upstream, gateway_factory, topology):
+    """The first sentinel (or cluster seed) listed is down: the next one names the primary (the slot map)."""
+    from tests.support.redis_server import free_port
+
+    prefix = fresh_prefix()
+    cfg = config(upstream, topology, prefix)
+    listed = "sentinels" if isinstance(topology, Sentinels) else "nodes"
+    redis_settings = cfg["state"]["redis"]
+    redis_settings[listed] = [f"127.0.0.1:{free_port()}", *redis_settings[listed]]
+    a, b = await two_gateways(gateway_factory, cfg)
+    assertion = ES.assertion()
+    assert (await a.token(assertion))[0] == 200
+    assert (await b.token(assertion))[0] == 400  # through Redis
+    assert any(b"}jti:" in key for key in topology.keys(prefix + "*"))
+
+
 async def test_quota_shared_across_gateways(upstream, gateway_factory, topology):
     quota = {"per_client": {"rate": "1/m", "burst": 3}}
     a, b = await two_gateways(gateway_factory, config(upstream, topology, fresh_prefix(), rate_limits=quota))
