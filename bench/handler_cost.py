@@ -11,15 +11,12 @@ the same is measured for the `gateway` package at that git revision, interleaved
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.procs import ROOT, VENV_BIN, export
+from bench.procs import add_revision_arguments, measure_revisions
 
 _CHILD = r"""
 import asyncio, json, sys, time
@@ -97,10 +94,9 @@ def main() -> None:
     from bench.servers import Bench, gateway_config
 
     parser = argparse.ArgumentParser(prog="bench.handler_cost")
-    parser.add_argument("--rev", help="also measure the gateway package at this git revision")
+    add_revision_arguments(parser, repeat=3)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=3, help="alternations of working tree and --rev")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bearer-gateway-cost-"))
     nginx, static_as = start_nginx(workdir, None)
@@ -117,35 +113,12 @@ def main() -> None:
         key.write_bytes(rs.pem)
         child = workdir / "child.py"
         child.write_text(_CHILD)
-        versions: list[tuple[str, Path | None]] = [("working tree", None)]
-        if args.rev:
-            versions.append((args.rev, export(args.rev, workdir / "old")))
-        results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in versions}
-        for _ in range(args.repeat):
-            for name, source in versions:
-                env = {**os.environ, "PYTHONPATH": f"{source}:{ROOT}" if source else str(ROOT)}
-                # The audit log (stdout) goes to a file, as in the load runs.
-                with open(workdir / "audit.jsonl", "ab") as audit:
-                    done = subprocess.run(
-                        [
-                            str(VENV_BIN / "python"),
-                            str(child),
-                            str(config),
-                            str(key),
-                            str(args.requests),
-                            str(args.rounds),
-                        ],
-                        env=env,
-                        cwd=workdir,
-                        stdout=audit,
-                        stderr=subprocess.PIPE,
-                        check=False,
-                    )
-                err = done.stderr.decode()
-                line = next((ln for ln in err.splitlines() if ln.startswith("HANDLER_COST ")), None)
-                if done.returncode != 0 or line is None:
-                    raise SystemExit(f"{name}: {err[-800:]}")
-                results[name].append(json.loads(line.removeprefix("HANDLER_COST ")))
+        # The audit log (stdout) goes to a file, as in the load runs.
+        with open(workdir / "audit.jsonl", "ab") as audit:
+            results = measure_revisions(
+                child, [str(config), str(key), str(args.requests), str(args.rounds)], "HANDLER_COST",
+                rev=args.rev, repeat=args.repeat, workdir=workdir, stdout=audit,
+            )
         for name, runs in results.items():
             best = {path: min(r[path] for r in runs) for path in runs[0]}
             print(f"{name:14} " + "  ".join(f"{path} {us:7.1f} µs" for path, us in best.items()))

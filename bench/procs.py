@@ -7,6 +7,7 @@ own process-group id; nothing here touches a process it did not start.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -294,3 +296,34 @@ def export(rev: str, into: Path) -> Path:
     archive = subprocess.run(["git", "archive", rev, "gateway"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def add_revision_arguments(parser: Any, repeat: int) -> None:
+    """--rev and --repeat, as `measure_revisions` takes them."""
+    parser.add_argument("--rev", help="also measure the gateway package at this git revision")
+    parser.add_argument("--repeat", type=int, default=repeat, help="alternations of working tree and --rev")
+
+
+def measure_revisions(
+    child: Path, argv: Sequence[str], marker: str, *, rev: str | None, repeat: int, workdir: Path,
+    stdout: IO[bytes] | int = subprocess.DEVNULL,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run `child` (a script printing `<marker> <json>` on stderr) with the working tree's `gateway`, and
+    alternated with it the package at `rev` if given, `repeat` times each: name -> the JSON of each run."""
+    versions: list[tuple[str, Path | None]] = [("working tree", None)]
+    if rev:
+        versions.append((rev, export(rev, workdir / "old")))
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in versions}
+    for _ in range(repeat):
+        for name, source in versions:
+            env = {**os.environ, "PYTHONPATH": f"{source}:{ROOT}" if source else str(ROOT)}
+            done = subprocess.run(
+                [str(VENV_BIN / "python"), "-P", str(child), *argv],
+                env=env, cwd=workdir, stdout=stdout, stderr=subprocess.PIPE, check=False,
+            )
+            err = done.stderr.decode()
+            line = next((ln for ln in err.splitlines() if ln.startswith(marker + " ")), None)
+            if done.returncode != 0 or line is None:
+                raise SystemExit(f"{name}: {err[-800:]}")
+            results[name].append(json.loads(line.removeprefix(marker + " ")))
+    return results

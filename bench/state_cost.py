@@ -13,15 +13,12 @@ alternated with the working tree (each in its own `python -P` process), for befo
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.procs import ROOT, VENV_BIN, export, start_redis
+from bench.procs import add_revision_arguments, measure_revisions, start_redis
 
 _CHILD = r'''
 import asyncio, json, resource, sys, uuid
@@ -69,9 +66,8 @@ uvloop.run(main())
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.state_cost")
-    parser.add_argument("--rev", help="also measure the gateway package at this git revision")
+    add_revision_arguments(parser, repeat=2)
     parser.add_argument("--requests", type=int, default=6000)
-    parser.add_argument("--repeat", type=int, default=2, help="alternations of working tree and --rev")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bearer-gateway-state-cost-"))
     redis = start_redis(workdir, None)
@@ -81,22 +77,8 @@ def main() -> int:
     try:
         child = workdir / "child.py"
         child.write_text(_CHILD)
-        versions: list[tuple[str, Path | None]] = [("working tree", None)]
-        if args.rev:
-            versions.append((args.rev, export(args.rev, workdir / "old")))
-        results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in versions}
-        for _ in range(args.repeat):
-            for name, source in versions:
-                env = {**os.environ, "PYTHONPATH": f"{source}:{ROOT}" if source else str(ROOT)}
-                done = subprocess.run(
-                    [str(VENV_BIN / "python"), "-P", str(child), str(port), str(args.requests)],
-                    env=env, cwd=workdir, capture_output=True, check=False,
-                )
-                err = done.stderr.decode()
-                line = next((ln for ln in err.splitlines() if ln.startswith("STATE_COST ")), None)
-                if done.returncode != 0 or line is None:
-                    raise SystemExit(f"{name}: {err[-800:]}")
-                results[name].append(json.loads(line.removeprefix("STATE_COST ")))
+        results = measure_revisions(child, [str(port), str(args.requests)], "STATE_COST",
+                                    rev=args.rev, repeat=args.repeat, workdir=workdir)
         print("CPU µs per accepted request (three state calls), runs separated by '/':")
         for name, runs in results.items():
             cells = "  ".join(f"{case} {'/'.join(f'{r[case]:.0f}' for r in runs)}" for case in runs[0])
