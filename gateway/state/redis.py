@@ -3,9 +3,10 @@
 Every call is bounded by `state.redis.timeout`: a Redis that hangs costs a request at most that
 long (envoyproxy/ratelimit#462 stalled seconds per request), then the on_error policy decides.
 
-Key layout (README, "Shared state in Redis"): `<prefix>{<tag>}<kind>:<name>`. The keys of one
-script share the hash tag, so on Cluster each atomic decision lives in one slot:
-  - `take`: every cell of the call carries the tag of the call's last cell (stage 5: the global
+Key layout (README, "Redis topologies, key layout, failover and clocks"):
+`<prefix>{<tag>}<kind>:<name>`. The keys of one script share the hash tag, so on Cluster each atomic
+decision lives in one slot:
+  - `take`: every cell of the call carries the tag of the call's last cell (`request_limits`: the global
     cell, so per-IP and global decide together; a lone per-issuer cell is its own tag);
   - `admit`: the client's jtis and its quota cell carry `{c:<client id>}`.
 """
