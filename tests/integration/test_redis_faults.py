@@ -124,11 +124,14 @@ async def _load(gw: RunningGateway, seconds: float, concurrency: int) -> list[tu
 @pytest.mark.parametrize("on_error", ["fail_closed", "fail_open"])
 async def test_redis_killed_and_stalled_under_load(upstream, gateway_factory, durable_redis, on_error):
     """0.4-1.0 s Redis frozen (SIGSTOP), 1.4 s killed (SIGKILL), 1.9 s restarted on its port; load runs
-    3 s. Every request is answered within the timeout (+ slack), 200 or (fail_closed) 503; the
+    3.5 s. Every request is answered within the timeout (+ slack), 200 or (fail_closed) 503; the
     gateway recovers by itself; no jti accepted before the kill is accepted again after it."""
     gw = await gateway_factory(config(upstream, durable_redis, on_error=on_error, rate_limits=GENEROUS))
 
+    restarted = [0.0]
+
     async def faults() -> None:
+        start = time.monotonic()
         await asyncio.sleep(0.4)
         durable_redis.pause()
         await asyncio.sleep(0.6)
@@ -136,9 +139,10 @@ async def test_redis_killed_and_stalled_under_load(upstream, gateway_factory, du
         await asyncio.sleep(0.4)
         durable_redis.kill()
         await asyncio.sleep(0.5)
-        await asyncio.to_thread(durable_redis.start)
+        await asyncio.to_thread(durable_redis.start)  # returns once it answers (AOF loaded)
+        restarted[0] = time.monotonic() - start
 
-    results, _ = await asyncio.gather(_load(gw, 3.0, 8), faults())
+    results, _ = await asyncio.gather(_load(gw, 3.5, 8), faults())
     statuses = {status for _, _, status, _, _ in results}
     allowed = {200, 503} if on_error == "fail_closed" else {200}
     assert statuses <= allowed, statuses
@@ -151,8 +155,13 @@ async def test_redis_killed_and_stalled_under_load(upstream, gateway_factory, du
     # Nothing lost: every 200 reached the AS once, nothing else did.
     accepted = [assertion for _, _, status, _, assertion in results if status == 200]
     assert len(upstream.seen) == len(accepted)
-    # Recovered by itself: the last half second is all 200 (through Redis again).
-    assert {status for sent, _, status, _, _ in results if sent > 2.5} == {200}
+    # Recovered by itself: from half a second after Redis answers again, requests are accepted
+    # through Redis. A call slower than the 100 ms timeout on this shared 2-core machine is a 503
+    # by design, so a stray one is allowed; a gateway that did not recover would answer them all 503.
+    late = [(status, latency) for sent, latency, status, _, _ in results if sent > restarted[0] + 0.5]
+    refused = [round(latency, 3) for status, latency in late if status != 200]
+    assert len(late) >= 20 and len(refused) <= len(late) // 50, (restarted[0], len(late), refused[:10])
+    assert all(latency >= 0.1 for latency in refused), refused  # timed out, not refused at once
     before_kill = [assertion for sent, _, status, _, assertion in results if status == 200 and sent < 0.3]
     replays = [(await gw.token(assertion))[0] for assertion in before_kill[:10]]
     assert before_kill and set(replays) == {400}, replays
