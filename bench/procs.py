@@ -207,7 +207,7 @@ def start_redis(
     return f"redis-server did not start: {proc.tail(3)}"
 
 
-def _cluster_port() -> int:
+def cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free too (so below the ephemeral range)."""
     while True:
         port = random.randrange(20000, 30000)
@@ -228,7 +228,7 @@ def start_redis_cluster(workdir: Path, cpus: str | None, primaries: int = 3) -> 
     procs: list[Proc] = []
     ports: list[int] = []
     for index in range(primaries):
-        started = start_redis(workdir, cpus, port=_cluster_port(), name=f"redis-cluster-{index}",
+        started = start_redis(workdir, cpus, port=cluster_port(), name=f"redis-cluster-{index}",
                               extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
         if isinstance(started, str):
             for proc in procs:

@@ -253,8 +253,14 @@ class Gateway:
         self.admin_port = 0
         self.main_tls: ssl.SSLContext | None = None
         self.admin_tls: ssl.SSLContext | None = None
-        metrics().config_last_reload_successful.set(1)
-        metrics().config_last_reload_success.set_to_current_time()
+        self._record_loaded()
+
+    @staticmethod
+    def _record_loaded() -> None:
+        """The last configuration load (start or SIGHUP) succeeded, now."""
+        m = metrics()
+        m.config_last_reload_successful.set(1)
+        m.config_last_reload_success.set_to_current_time()
 
     def _reload_certificates(self, config: GatewayConfig) -> None:
         """The listeners' certificates re-read into the running contexts: new handshakes get them."""
@@ -375,8 +381,7 @@ class Gateway:
         self.main_app[RUNTIME] = new
         self.admin_app[RUNTIME] = new
         metrics().config_reloads.labels("ok").inc()
-        metrics().config_last_reload_successful.set(1)
-        metrics().config_last_reload_success.set_to_current_time()
+        self._record_loaded()
         self.record_certificates(config)
         set_level(config.logging.level)
         log.info(

@@ -570,7 +570,7 @@ class Connection(asyncio.Protocol):
             token.account(runtime, outcome)
             raise
         except Exception:
-            result = token.internal_error(outcome)
+            result = token.internal_error()
         self.listener.guard.active -= 1
         self.busy = False
         self.task = None

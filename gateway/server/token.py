@@ -213,7 +213,7 @@ def settle(result: Result, outcome: Outcome) -> None:
         outcome.reason, outcome.stage = result.reason.code, result.stage
 
 
-def internal_error(outcome: Outcome) -> Rejection:
+def internal_error() -> Rejection:
     log.exception("internal error handling a token request")
     return Rejection(Reason.INTERNAL_ERROR, "internal")
 
@@ -270,7 +270,7 @@ class TokenHandler:
                 body = await read_body(request, runtime.config.limits)
                 result = body if isinstance(body, Rejection) else await handle(incoming, body, runtime, outcome)
         except Exception:
-            result = internal_error(outcome)
+            result = internal_error()
         except BaseException:
             cancelled(outcome)
             account(runtime, outcome)

@@ -6,34 +6,26 @@ own port and data dir, so a killed node restarts where it was and rejoins as a r
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import time
 
 import redis
 from redis.crc import key_slot
 
+from bench.procs import cluster_port
 from tests.support.redis_server import RedisServer
 
 NODE_TIMEOUT_MS = 1000  # failure detection: a killed primary is replaced in about 2-3 s
 
 
 def cluster_ports(count: int) -> list[int]:
-    """Free loopback ports below the ephemeral range whose cluster bus port (+10000) is free too."""
+    """`count` distinct free loopback ports whose cluster bus port (+10000) is free too."""
     ports: list[int] = []
     while len(ports) < count:
-        port = random.randrange(20000, 30000)
-        if port in ports:
-            continue
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        ports.append(port)
+        port = cluster_port()
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
